@@ -1,0 +1,40 @@
+# `make test` and `make demo` work on a fresh clone: they create .venv, install the
+# CPU build of torch that lies on this machine's disk (so pip never pulls the multi-GB
+# CUDA build), then the package with its dev extra.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_WHEEL ?= $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl)
+
+.PHONY: install test demo lint format bench bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if [ -n "$(TORCH_WHEEL)" ]; then $(PY) -m pip install -q "$(TORCH_WHEEL)"; \
+	else $(PY) -m pip install -q "torch>=2.1,<=2.14.1" --index-url https://download.pytorch.org/whl/cpu; fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	MPLBACKEND=Agg $(PY) -m pytest -q tests
+
+demo: $(VENV)/.installed
+	MPLBACKEND=Agg $(PY) examples/exponential_posterior.py
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: $(VENV)/.installed
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+bench: $(VENV)/.installed
+	MPLBACKEND=Agg $(PY) -m benchmarks --suite full
+
+bench-quick: $(VENV)/.installed
+	MPLBACKEND=Agg $(PY) -m benchmarks --suite quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

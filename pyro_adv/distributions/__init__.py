@@ -1,0 +1,17 @@
+"""Distributions with no density: neural samplers usable as Pyro sample sites."""
+
+from pyro_adv.distributions.implicit import (
+    ImplicitDensityError,
+    ImplicitDistribution,
+    ImplicitValue,
+    is_implicit,
+    unwrap,
+)
+
+__all__ = [
+    "ImplicitDensityError",
+    "ImplicitDistribution",
+    "ImplicitValue",
+    "is_implicit",
+    "unwrap",
+]

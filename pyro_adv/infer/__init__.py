@@ -1,0 +1,17 @@
+"""Adversarial objectives for :class:`pyro.infer.SVI`."""
+
+from pyro_adv.infer import divergences
+from pyro_adv.infer.adversarial import (
+    AdversarialObjective,
+    NonFiniteLossError,
+    is_discriminator_param,
+)
+from pyro_adv.infer.divergences import get_divergence
+
+__all__ = [
+    "AdversarialObjective",
+    "NonFiniteLossError",
+    "divergences",
+    "get_divergence",
+    "is_discriminator_param",
+]

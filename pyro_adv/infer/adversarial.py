@@ -1,0 +1,202 @@
+"""The machinery shared by every adversarial objective.
+
+One SVI step is one update of both players. An objective builds a single
+surrogate whose gradient is the discriminator loss for discriminator parameters
+and the generator (guide, model) loss for everything else: discriminator inputs
+are detached on the discriminator path, and discriminator weights are detached
+on the generator path. One ``backward()`` then serves both, and ``SVI``'s
+optimizer updates both, since discriminators are registered in Pyro's param
+store with :func:`pyro.module` under their own prefix.
+"""
+
+import math
+import warnings
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer.elbo import ELBO
+from torch.func import functional_call
+
+__all__ = ["AdversarialObjective", "NonFiniteLossError", "is_discriminator_param"]
+
+#: Default prefix of discriminator modules in the param store.
+DISCRIMINATOR_PREFIX = "discriminator"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A player's loss became NaN or infinite during adversarial training."""
+
+
+def is_discriminator_param(name, prefix=DISCRIMINATOR_PREFIX):
+    """
+    Whether a param-store name belongs to a discriminator, for per-player
+    optimizer settings through Pyro's per-parameter callable::
+
+        def per_param(name):
+            return {"lr": 1e-3 if is_discriminator_param(name) else 3e-4}
+        svi = SVI(model, guide, pyro.optim.Adam(per_param), loss=TraceAVB_ELBO())
+    """
+    return name.startswith(prefix)
+
+
+class AdversarialObjective(ELBO):
+    """
+    Base class of :class:`TraceAVB_ELBO`, :class:`Trace_ALI` and :class:`Trace_GAN`.
+
+    Subclasses implement :meth:`_losses`, which returns the reported loss (a
+    tensor), the generator loss, the discriminator loss and a dict of statistics.
+
+    :param int discriminator_steps: discriminator updates per SVI step; the
+        extra ``discriminator_steps - 1`` run before the joint update on fresh
+        samples, with ``discriminator_optim`` (WGAN's ``n_critic``).
+    :param pyro.optim.PyroOptim discriminator_optim: optimizer of the extra
+        discriminator updates (``Adam(lr=1e-3, betas=(0.5, 0.9))`` by default).
+    :param str discriminator_prefix: prefix of the discriminators' names in the
+        param store.
+    """
+
+    def __init__(
+        self,
+        num_particles=1,
+        max_plate_nesting=float("inf"),
+        vectorize_particles=True,
+        discriminator_steps=1,
+        discriminator_optim=None,
+        discriminator_prefix=DISCRIMINATOR_PREFIX,
+    ):
+        if int(discriminator_steps) != discriminator_steps or discriminator_steps < 1:
+            raise ValueError(
+                f"discriminator_steps must be a positive integer, got {discriminator_steps}"
+            )
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+        )
+        self.discriminator_steps = int(discriminator_steps)
+        self.discriminator_optim = discriminator_optim
+        self.discriminator_prefix = discriminator_prefix
+        self.discriminators = torch.nn.ModuleDict()
+        #: statistics of the latest step (losses, discriminator accuracy, estimates)
+        self.stats = {}
+
+    # ------------------------------------------------------------------ players
+    def discriminator(self, key, example, factory):
+        """
+        The discriminator ``key``, built by ``factory()`` and sized on ``example``
+        the first time, and registered with :func:`pyro.module` on every call so
+        ``SVI`` captures and updates its parameters.
+        """
+        if key not in self.discriminators:
+            module = factory()
+            if hasattr(module, "initialize"):
+                module.initialize(example.detach())
+            else:
+                with torch.no_grad():
+                    module(example.detach())
+            self.discriminators[key] = module
+        module = self.discriminators[key]
+        pyro.module(f"{self.discriminator_prefix}_{key}", module)
+        return module
+
+    @staticmethod
+    def frozen(module):
+        """``module`` with its parameters detached: gradients reach its inputs only."""
+        params = {name: p.detach() for name, p in module.named_parameters()}
+        return lambda *inputs: functional_call(module, params, inputs)
+
+    def _check_finite(self, what, value):
+        if not torch.isfinite(value).all():
+            raise NonFiniteLossError(
+                f"{type(self).__name__}: the {what} is {value.item()}. Lower the learning "
+                "rate, rescale the data, or choose a bounded divergence; "
+                f"last finite statistics: {self.stats}"
+            )
+
+    # ---------------------------------------------------------------- interface
+    def _losses(self, model, guide, args, kwargs):
+        """Returns ``(reported_loss, generator_loss, discriminator_loss, stats)``."""
+        raise NotImplementedError
+
+    def _prepare(self, model, guide, args, kwargs):
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+
+    def _discriminator_params(self):
+        store = pyro.get_param_store()
+        return [
+            store._params[name]
+            for name in store.keys()
+            if is_discriminator_param(name, self.discriminator_prefix)
+        ]
+
+    def _extra_discriminator_updates(self, model, guide, args, kwargs):
+        if self.discriminator_steps == 1 or not len(self.discriminators):
+            return
+        if self.discriminator_optim is None:
+            self.discriminator_optim = pyro.optim.Adam({"lr": 1e-3, "betas": (0.5, 0.9)})
+        for _ in range(self.discriminator_steps - 1):
+            with pyro.poutine.trace(param_only=True) as capture:
+                _, _, d_loss, _ = self._losses(model, guide, args, kwargs)
+            self._check_finite("discriminator loss", d_loss)
+            params = {
+                site["value"].unconstrained()
+                for name, site in capture.trace.nodes.items()
+                if is_discriminator_param(name, self.discriminator_prefix)
+            }
+            others = {
+                site["value"].unconstrained()
+                for name, site in capture.trace.nodes.items()
+                if not is_discriminator_param(name, self.discriminator_prefix)
+            }
+            d_loss.backward()
+            self.discriminator_optim(params)
+            pyro.infer.util.zero_grads(params | others)
+            for module in self.discriminators.values():
+                self.divergence_after_update(module)
+
+    def divergence_after_update(self, module):
+        """Hook for divergences that constrain the discriminator (weight clipping)."""
+        divergence = getattr(self, "divergence", None)
+        if divergence is not None:
+            divergence.after_update(module)
+
+    def loss(self, model, guide, *args, **kwargs):
+        """
+        :returns: the objective's loss estimate (for AVB the negative ELBO) without
+            computing gradients or updating anything.
+        :rtype: float
+        """
+        self._prepare(model, guide, args, kwargs)
+        with torch.no_grad():
+            reported, _, _, stats = self._losses(model, guide, args, kwargs)
+        self.stats = stats
+        return reported.item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """
+        Computes the loss and, with one ``backward()``, the gradients of both
+        players: the discriminator loss for discriminator parameters, the
+        generator loss for guide and model parameters.
+
+        :returns: the reported loss estimate (for AVB the negative ELBO).
+        :rtype: float
+        """
+        self._prepare(model, guide, args, kwargs)
+        self._extra_discriminator_updates(model, guide, args, kwargs)
+        for module in self.discriminators.values():
+            self.divergence_after_update(module)
+        reported, g_loss, d_loss, stats = self._losses(model, guide, args, kwargs)
+        self._check_finite("generator (guide/model) loss", g_loss)
+        self._check_finite("discriminator loss", d_loss)
+        surrogate = g_loss + d_loss
+        if surrogate.requires_grad:
+            surrogate.backward()
+        else:
+            warnings.warn(f"{type(self).__name__}: nothing to train (no parameter got a gradient)")
+        self.stats = stats
+        value = reported.item()
+        if math.isnan(value):
+            raise NonFiniteLossError(f"{type(self).__name__}: the reported loss is NaN")
+        return value

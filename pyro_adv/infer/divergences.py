@@ -1,0 +1,357 @@
+r"""
+The divergence family for adversarial training: the one home of its formulas.
+
+Every divergence compares a *real* sample ``x ~ p`` (data, or the target joint)
+with a *fake* sample ``x ~ q`` (the generator or guide) through a discriminator
+logit ``v(x)``. For the f-divergences (Nowozin et al. 2016, thesis section 3.3.1)
+
+.. math::
+
+    D_f(p \| q) = \int q(x) f\!\left(\frac{p(x)}{q(x)}\right) dx
+        \ \ge\ \sup_T\ \mathbb{E}_p[T(x)] - \mathbb{E}_q[f^*(T(x))]  \qquad (15)
+
+with :math:`f^*` the convex conjugate of :math:`f` and the bound tight at
+:math:`T^* = f'(p/q)` (eq. 16). We parameterize :math:`T = f'(e^{v})`, so that
+**at the optimum every discriminator's logit is the log density ratio**
+:math:`v^* = \log p(x)/q(x)` (for the minimax GAN this is the usual logit of
+:math:`D^* = p/(p+q)`, eq. 5). Each divergence object gives
+
+* ``discriminator_loss(real, fake)`` = :math:`-(\mathbb{E}_p[T] - \mathbb{E}_q[f^*(T)])`,
+  minimized by the discriminator;
+* ``generator_loss(fake, real=None)``, minimized by the players that produce
+  samples (the f-GAN saddle :math:`\mathbb{E}_p[T] - \mathbb{E}_q[f^*(T)]` unless the
+  divergence says otherwise; ``real`` logits matter when the real side has
+  parameters too, as for the model in ALI);
+* ``estimate(real, fake)``: the variational lower bound (15), the divergence estimate;
+* ``log_ratio(logits)``: the estimate of :math:`\log p/q` (``None`` where the
+  divergence does not identify it);
+* ``penalty(critic, real, fake)``: a regularizer added to the discriminator loss
+  (Wasserstein's gradient penalty; zero otherwise).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Divergence",
+    "ForwardKL",
+    "ReverseKL",
+    "Pearson",
+    "SquaredHellinger",
+    "JensenShannon",
+    "Minimax",
+    "NonSaturating",
+    "TotalVariation",
+    "Wasserstein",
+    "DIVERGENCES",
+    "get_divergence",
+]
+
+_LOG2 = math.log(2.0)
+
+
+class Divergence:
+    """Base class: a divergence between the real and fake distributions, from logits."""
+
+    #: registry name
+    name = None
+    #: whether ``log_ratio`` identifies ``log p/q`` at the optimum
+    identifies_ratio = True
+
+    # --- the two functions that define an f-divergence, written in the logit v ---
+    def activation(self, v):
+        """:math:`T = f'(e^v)`, the discriminator's output on the real side."""
+        raise NotImplementedError
+
+    def conjugate(self, v):
+        """:math:`f^*(T)` with :math:`T = f'(e^v)`, the discriminator's output on the fake side."""
+        raise NotImplementedError
+
+    # --- losses ---
+    def estimate(self, real_logits, fake_logits):
+        r"""The variational lower bound :math:`\mathbb{E}_p[T] - \mathbb{E}_q[f^*(T)]` (eq. 15)."""
+        return self.activation(real_logits).mean() - self.conjugate(fake_logits).mean()
+
+    def discriminator_loss(self, real_logits, fake_logits):
+        """Loss minimized by the discriminator: the negative bound (15)."""
+        return -self.estimate(real_logits, fake_logits)
+
+    def generator_loss(self, fake_logits, real_logits=None):
+        r"""
+        Loss minimized by the sample-producing players: the f-GAN saddle objective.
+        Only terms whose samples carry the players' gradients matter; the real
+        term is included when ``real_logits`` is given.
+        """
+        loss = -self.conjugate(fake_logits).mean()
+        if real_logits is not None:
+            loss = loss + self.activation(real_logits).mean()
+        return loss
+
+    def log_ratio(self, logits):
+        r"""Estimate of :math:`\log p(x)/q(x)` from the discriminator logits."""
+        return logits
+
+    def penalty(self, critic, real_inputs, fake_inputs):
+        """A regularizer of the discriminator, added to its loss (none by default)."""
+        return real_inputs.new_zeros(())
+
+    def accuracy(self, real_logits, fake_logits):
+        """Fraction of real (fake) inputs the discriminator classifies correctly."""
+        return (
+            (real_logits > 0).float().mean().item(),
+            (fake_logits < 0).float().mean().item(),
+        )
+
+    def after_update(self, discriminator):
+        """Hook run on the discriminator before it is used (weight clipping)."""
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ForwardKL(Divergence):
+    r"""
+    :math:`KL(p \| q)`, :math:`f(u) = u \log u` (thesis 3.3.1.1): :math:`T = 1 + v`,
+    :math:`f^*(T) = e^{T-1} = e^{v}`. Generator loss :math:`-\mathbb{E}_q[e^{v}]`,
+    the thesis's :math:`-\mathbb{E}_z[\exp(\sigma^{-1}(D(G(z))))]`. Mass-covering.
+    """
+
+    name = "kl"
+
+    def activation(self, v):
+        return 1.0 + v
+
+    def conjugate(self, v):
+        return torch.exp(v)
+
+
+class ReverseKL(Divergence):
+    r"""
+    :math:`KL(q \| p)`, :math:`f(u) = -\log u` (thesis 3.3.1.2, eq. 11): :math:`T = -e^{-v}`,
+    :math:`f^*(T) = -1 - \log(-T) = v - 1`. Generator loss :math:`\mathbb{E}_q[-v]
+    = \mathbb{E}_q[\log (1-D)/D]`. Mode-seeking.
+    """
+
+    name = "reverse_kl"
+
+    def activation(self, v):
+        return -torch.exp(-v)
+
+    def conjugate(self, v):
+        return v - 1.0
+
+
+class Pearson(Divergence):
+    r"""Pearson :math:`\chi^2`, :math:`f(u) = (u-1)^2`: :math:`T = 2(e^v - 1)`, :math:`f^* = e^{2v} - 1`."""
+
+    name = "pearson"
+
+    def activation(self, v):
+        return 2.0 * torch.expm1(v)
+
+    def conjugate(self, v):
+        return torch.expm1(2.0 * v)
+
+
+class SquaredHellinger(Divergence):
+    r"""
+    Squared Hellinger, :math:`f(u) = (\sqrt u - 1)^2`: :math:`T = 1 - e^{-v/2}`,
+    :math:`f^* = T/(1-T) = e^{v/2} - 1`.
+    """
+
+    name = "squared_hellinger"
+
+    def activation(self, v):
+        return -torch.expm1(-0.5 * v)
+
+    def conjugate(self, v):
+        return torch.expm1(0.5 * v)
+
+
+class JensenShannon(Divergence):
+    r"""
+    Jensen-Shannon, :math:`f(u) = u\log u - (u+1)\log\frac{u+1}{2}`:
+    :math:`T = \log 2 + \log\sigma(v)`, :math:`f^* = -\log 2 + \log(1+e^{v})`.
+    The bound equals :math:`2\,JSD(p\|q)` at the optimum (thesis eq. 7).
+    """
+
+    name = "js"
+
+    def activation(self, v):
+        return _LOG2 - F.softplus(-v)
+
+    def conjugate(self, v):
+        return F.softplus(v) - _LOG2
+
+
+class Minimax(Divergence):
+    r"""
+    The original GAN game (Goodfellow et al. 2014; thesis eqs. 3-4):
+    :math:`f(u) = u\log u - (u+1)\log(u+1)`, :math:`T = \log D = \log\sigma(v)`,
+    :math:`f^* = -\log(1 - D) = \log(1 + e^{v})`. The discriminator minimizes the
+    cross-entropy :math:`-\mathbb{E}_p\log D - \mathbb{E}_q\log(1-D)`; the
+    generator minimizes :math:`\mathbb{E}_q \log(1 - D)`. The bound equals
+    :math:`2\,JSD - \log 4`.
+    """
+
+    name = "minimax"
+
+    def activation(self, v):
+        return -F.softplus(-v)
+
+    def conjugate(self, v):
+        return F.softplus(v)
+
+
+class NonSaturating(Minimax):
+    r"""
+    The non-saturating GAN (thesis eq. 8): the minimax discriminator, and the
+    generator minimizes :math:`-\mathbb{E}_q \log D = \mathbb{E}_q \log(1+e^{-v})`,
+    which keeps its gradient when the discriminator rejects the fakes. On the real
+    side (a model that produces the real sample, as in ALI) the labels swap:
+    :math:`-\mathbb{E}_p \log(1 - D)`.
+    """
+
+    name = "nonsaturating"
+
+    def generator_loss(self, fake_logits, real_logits=None):
+        loss = F.softplus(-fake_logits).mean()
+        if real_logits is not None:
+            loss = loss + F.softplus(real_logits).mean()
+        return loss
+
+
+class TotalVariation(Divergence):
+    r"""
+    Total variation, :math:`f(u) = \tfrac12|u - 1|`: :math:`T = \tfrac12\tanh(v)`,
+    :math:`f^*(T) = T` on :math:`|T| \le \tfrac12` (Nowozin et al. 2016, table 2).
+    The optimum only identifies the sign of :math:`\log p/q`.
+    """
+
+    name = "total_variation"
+    identifies_ratio = False
+
+    def activation(self, v):
+        return 0.5 * torch.tanh(v)
+
+    def conjugate(self, v):
+        return 0.5 * torch.tanh(v)
+
+    def log_ratio(self, logits):
+        return None
+
+
+class Wasserstein(Divergence):
+    r"""
+    The Wasserstein-1 distance in its dual form (Arjovsky et al. 2017):
+    :math:`W(p, q) = \sup_{\|T\|_L \le 1} \mathbb{E}_p[T] - \mathbb{E}_q[T]`, with
+    the Lipschitz constraint enforced by a gradient penalty (Gulrajani et al.
+    2017), :math:`\lambda\,\mathbb{E}_{\hat x}[(\|\nabla T(\hat x)\| - 1)^2]` on
+    random interpolates, and/or by clipping the critic's weights.
+
+    :param float gradient_penalty: :math:`\lambda` (10 by default; 0 disables it).
+    :param float weight_clip: clip every critic weight to ``[-c, c]`` (off by default).
+    """
+
+    name = "wasserstein"
+    identifies_ratio = False
+
+    def __init__(self, gradient_penalty=10.0, weight_clip=None):
+        if gradient_penalty < 0:
+            raise ValueError(f"gradient_penalty must be >= 0, got {gradient_penalty}")
+        if weight_clip is not None and weight_clip <= 0:
+            raise ValueError(f"weight_clip must be positive, got {weight_clip}")
+        self.gradient_penalty = gradient_penalty
+        self.weight_clip = weight_clip
+
+    def activation(self, v):
+        return v
+
+    def conjugate(self, v):
+        return v
+
+    def log_ratio(self, logits):
+        return None
+
+    def accuracy(self, real_logits, fake_logits):
+        # a critic's scores have no fixed threshold: classify around the midpoint
+        mid = 0.5 * (real_logits.mean() + fake_logits.mean())
+        return (
+            (real_logits > mid).float().mean().item(),
+            (fake_logits < mid).float().mean().item(),
+        )
+
+    def penalty(self, critic, real_inputs, fake_inputs):
+        if not self.gradient_penalty:
+            return real_inputs.new_zeros(())
+        real = real_inputs.detach().reshape(-1, real_inputs.shape[-1])
+        fake = fake_inputs.detach().reshape(-1, fake_inputs.shape[-1])
+        n = min(real.shape[0], fake.shape[0])
+        real, fake = real[torch.randperm(real.shape[0])[:n]], fake[torch.randperm(fake.shape[0])[:n]]
+        alpha = torch.rand(n, 1, dtype=real.dtype, device=real.device)
+        mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+        return self.gradient_penalty * (grad.norm(dim=-1) - 1.0).pow(2).mean()
+
+    def after_update(self, discriminator):
+        if self.weight_clip is not None:
+            with torch.no_grad():
+                for p in discriminator.parameters():
+                    p.clamp_(-self.weight_clip, self.weight_clip)
+
+    def __repr__(self):
+        return (
+            f"Wasserstein(gradient_penalty={self.gradient_penalty}, "
+            f"weight_clip={self.weight_clip})"
+        )
+
+
+DIVERGENCES = {
+    cls.name: cls
+    for cls in (
+        Minimax,
+        NonSaturating,
+        JensenShannon,
+        ForwardKL,
+        ReverseKL,
+        Pearson,
+        SquaredHellinger,
+        TotalVariation,
+        Wasserstein,
+    )
+}
+_ALIASES = {
+    "forward_kl": "kl",
+    "gan": "minimax",
+    "non_saturating": "nonsaturating",
+    "jensen_shannon": "js",
+    "hellinger": "squared_hellinger",
+    "tv": "total_variation",
+    "wgan": "wasserstein",
+    "wgan_gp": "wasserstein",
+}
+
+
+def get_divergence(divergence, **kwargs):
+    """
+    Returns a :class:`Divergence` given its name (see :data:`DIVERGENCES`) or an instance.
+
+    :param divergence: a name such as ``"reverse_kl"`` or a :class:`Divergence`.
+    :param kwargs: options for the divergence's constructor (e.g. ``gradient_penalty``).
+    :raises ValueError: for a name that is not a divergence, listing the valid ones.
+    """
+    if isinstance(divergence, Divergence):
+        if kwargs:
+            raise ValueError("divergence options can only be given with a divergence name")
+        return divergence
+    if not isinstance(divergence, str):
+        raise TypeError(f"divergence must be a name or a Divergence, got {divergence!r}")
+    key = divergence.lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in DIVERGENCES:
+        raise ValueError(
+            f"unknown divergence {divergence!r}; valid names are {', '.join(DIVERGENCES)}"
+        )
+    return DIVERGENCES[key](**kwargs)

@@ -1,0 +1,122 @@
+"""Neural samplers: unconditional generators and amortized implicit encoders."""
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_adv.distributions.implicit import ImplicitDistribution
+from pyro_adv.nn.mlp import MLP
+
+__all__ = ["MLPGenerator", "ImplicitEncoder"]
+
+
+class MLPGenerator(MLP):
+    """
+    A generator network ``G(eps)`` for :class:`~pyro_adv.distributions.ImplicitDistribution`
+    (thesis section 3.1): an MLP from ``noise_dim`` noise to ``output_dim`` values.
+
+    Example (the thesis's bivariate-normal generator, section 3.2.1)::
+
+        generator = MLPGenerator(noise_dim=2, output_dim=2, hidden_dims=(20,),
+                                 activation="softplus")
+
+    :param int noise_dim: width of the noise input.
+    :param int output_dim: width of a generated value.
+    :param tuple hidden_dims: widths of the hidden layers.
+    :param activation: hidden activation (name or module class).
+    """
+
+    def __init__(self, noise_dim, output_dim, hidden_dims=(64, 64), activation="elu"):
+        super().__init__(noise_dim, output_dim, hidden_dims, activation)
+        self.noise_dim = noise_dim
+
+    def noise(self, *batch_shape):
+        """A standard-normal noise distribution with this generator's dtype and device."""
+        p = next(self.parameters())
+        zeros = p.new_zeros(torch.Size(batch_shape) + (self.noise_dim,))
+        return dist.Normal(zeros, 1.0).to_event(1)
+
+    def distribution(self, *batch_shape):
+        """``ImplicitDistribution(self, self.noise(*batch_shape))``."""
+        return ImplicitDistribution(self, self.noise(*batch_shape), (self.output_dim,))
+
+
+class ImplicitEncoder(nn.Module):
+    r"""
+    An amortized implicit posterior ``z = G(x, eps)`` (Mescheder et al. 2017,
+    thesis section 4.2): the context ``x`` and fresh noise ``eps ~ N(0, I)`` are
+    concatenated and passed through an MLP. Calling the encoder on a batch of
+    contexts returns an :class:`~pyro_adv.distributions.ImplicitDistribution`
+    with the context's batch shape and event shape ``(latent_dim,)``:
+
+    .. math:: q_\gamma(z \mid x):\quad z = G_\gamma(x, \epsilon),\ \epsilon \sim N(0, I).
+
+    Example (thesis 4.2.1 networks)::
+
+        encoder = ImplicitEncoder(input_dim=1, latent_dim=2, noise_dim=3,
+                                  hidden_dims=(20, 20, 20), activation="tanh")
+
+        def guide(x):
+            pyro.module("encoder", encoder)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", encoder(x.unsqueeze(-1)))
+
+    Noise follows the context's device and dtype; move the encoder itself with
+    ``.to()`` as any torch module.
+
+    :param int input_dim: width of the context ``x``.
+    :param int latent_dim: width of ``z``.
+    :param int noise_dim: width of ``eps`` (default ``latent_dim + 1``).
+    :param tuple hidden_dims: widths of the hidden layers.
+    :param activation: hidden activation.
+    :param callable context_transform: applied to the context before the network
+        (e.g. ``torch.log1p`` for positive data spanning several scales).
+    """
+
+    def __init__(
+        self,
+        input_dim,
+        latent_dim,
+        noise_dim=None,
+        hidden_dims=(64, 64),
+        activation="elu",
+        context_transform=None,
+    ):
+        super().__init__()
+        if input_dim < 1 or latent_dim < 1:
+            raise ValueError(
+                f"ImplicitEncoder: input_dim and latent_dim must be positive, "
+                f"got {input_dim} and {latent_dim}"
+            )
+        self.input_dim = input_dim
+        self.latent_dim = latent_dim
+        self.noise_dim = latent_dim + 1 if noise_dim is None else noise_dim
+        self.context_transform = context_transform
+        self.net = MLP(input_dim + self.noise_dim, latent_dim, hidden_dims, activation)
+
+    def generate(self, context, noise):
+        """``G(x, eps)`` for broadcastable ``context`` and ``noise``."""
+        if self.context_transform is not None:
+            context = self.context_transform(context)
+        shape = torch.broadcast_shapes(context.shape[:-1], noise.shape[:-1])
+        inputs = torch.cat([context.expand(shape + context.shape[-1:]),
+                            noise.expand(shape + noise.shape[-1:])], dim=-1)
+        return self.net(inputs)
+
+    def forward(self, context):
+        if not torch.is_tensor(context) or context.dim() < 1:
+            raise ValueError(
+                "ImplicitEncoder expects a context tensor of shape batch_shape + "
+                f"({self.input_dim},), got {context!r}"
+            )
+        if context.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"ImplicitEncoder: context has {context.shape[-1]} features "
+                f"(shape {tuple(context.shape)}), expected input_dim={self.input_dim}; "
+                "for scalar data use x.unsqueeze(-1)"
+            )
+        batch_shape = context.shape[:-1]
+        noise = dist.Normal(context.new_zeros(batch_shape + (self.noise_dim,)), 1.0).to_event(1)
+        return ImplicitDistribution(
+            lambda eps: self.generate(context, eps), noise, event_shape=(self.latent_dim,)
+        )
