@@ -7,8 +7,10 @@ from pyro_adv.infer.adversarial import (
     is_discriminator_param,
 )
 from pyro_adv.infer.divergences import get_divergence
+from pyro_adv.infer.trace_avb_elbo import TraceAVB_ELBO
 
 __all__ = [
+    "TraceAVB_ELBO",
     "AdversarialObjective",
     "NonFiniteLossError",
     "divergences",

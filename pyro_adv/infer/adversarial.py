@@ -14,6 +14,7 @@ import warnings
 
 import pyro
 import pyro.optim
+import pyro.poutine as poutine
 import torch
 from pyro.infer.elbo import ELBO
 from torch.func import functional_call
@@ -115,6 +116,10 @@ class AdversarialObjective(ELBO):
             )
 
     # ---------------------------------------------------------------- interface
+    def _get_trace(self, model, guide, args, kwargs):
+        # Pyro's ELBO asks for this hook; adversarial objectives build their own traces.
+        raise NotImplementedError(f"{type(self).__name__} builds its traces in _losses")
+
     def _losses(self, model, guide, args, kwargs):
         """Returns ``(reported_loss, generator_loss, discriminator_loss, stats)``."""
         raise NotImplementedError
@@ -122,6 +127,25 @@ class AdversarialObjective(ELBO):
     def _prepare(self, model, guide, args, kwargs):
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        # Pyro's version scores the guide, which implicit sites refuse: read the plates only.
+        with poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
+        dims = [
+            frame.dim
+            for trace in (model_trace, guide_trace)
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+        ]
+        self.max_plate_nesting = -min(dims) if dims else 0
+        if self.vectorize_particles and self.num_particles > 1:
+            self.max_plate_nesting += 1
 
     def _discriminator_params(self):
         store = pyro.get_param_store()

@@ -1,0 +1,5 @@
+"""Automatic guides with implicit posteriors."""
+
+from pyro_adv.infer.autoguide.implicit import AutoImplicit
+
+__all__ = ["AutoImplicit"]

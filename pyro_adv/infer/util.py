@@ -1,0 +1,195 @@
+"""Trace plumbing shared by the adversarial objectives.
+
+Latent sites are gathered into *groups*, each seen by one discriminator:
+
+* the sites of one joint implicit draw (:class:`~pyro_adv.distributions.ImplicitValue`
+  with the same ``joint``, as :class:`~pyro_adv.infer.autoguide.AutoImplicit` emits)
+  form one group whose whole flattened value is discriminated;
+* other implicit sites are grouped by the plates they live in: sites outside every
+  plate form the *global* group, seen as ``T(z)``; sites inside plates form a *local*
+  group seen as ``T(x_i, z_i)``, where ``x_i`` are the observed values that share
+  the plates (the plate declares the ``z_i`` conditionally independent given ``x_i``).
+
+Tensors are handled in a *padded* layout: batch dims left-padded to
+``max_plate_nesting`` (the particle plate included), then one flat feature dim.
+"""
+
+from collections import OrderedDict
+
+import torch
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
+
+from pyro_adv.distributions.implicit import ImplicitValue, is_implicit, unwrap
+
+__all__ = [
+    "PARTICLE_PLATE",
+    "LatentGroup",
+    "check_latents",
+    "group_implicit_sites",
+    "pad_batch",
+    "flat_features",
+    "particle_sum",
+    "unconstrained",
+]
+
+PARTICLE_PLATE = "num_particles_vectorized"
+
+
+def _frames(site):
+    return tuple(f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE)
+
+
+def pad_batch(value, event_dim, nesting):
+    """Left-pads the batch dims of ``value`` to ``nesting`` dims (event dims untouched)."""
+    batch_dim = value.dim() - event_dim
+    if batch_dim > nesting:
+        raise ValueError(
+            f"a value of shape {tuple(value.shape)} has {batch_dim} batch dims, more than "
+            f"max_plate_nesting={nesting}; declare every batch dimension with pyro.plate"
+        )
+    return value.reshape((1,) * (nesting - batch_dim) + value.shape)
+
+
+def flat_features(value, event_dim, nesting):
+    """``value`` in padded layout: ``nesting`` batch dims then its event flattened to one dim."""
+    value = pad_batch(value, event_dim, nesting)
+    return value.reshape(value.shape[:nesting] + (-1,))
+
+
+def particle_sum(value, nesting, particle_dim):
+    """
+    Sums a padded batch tensor (``nesting`` dims, no feature dim) over all dims but
+    the particle dim (an index into the padded layout, ``None`` without particles);
+    returns shape ``(num_particles,)`` (or ``(1,)``).
+    """
+    value = value.reshape((1,) * (nesting - value.dim()) + value.shape)
+    if particle_dim is None:
+        return value.sum().reshape(1)
+    dims = [d for d in range(nesting) if d != particle_dim]
+    return value.sum(dims) if dims else value
+
+
+def unconstrained(guide_site, model_site):
+    """
+    The unconstrained value of a latent and ``log |dz/du|`` summed over its event
+    dims, for the bijection onto the model site's support. AVB and ALI work in
+    this space: the KL divergence is invariant under the bijection, and the
+    discriminator sees an unbounded vector.
+
+    :returns: ``(u, event_dim_of_u, log_abs_det_jacobian)``.
+    """
+    fn = model_site["fn"]
+    z = guide_site["value"]
+    event_dim = fn.event_dim
+    transform = biject_to(fn.support)
+    base = unwrap(guide_site["fn"])[0]
+    u = None
+    if isinstance(base, ImplicitValue) and base.unconstrained_value is not None:
+        u = base.unconstrained_value
+    if u is None:
+        u = transform.inv(z)
+    u_event_dim = event_dim + transform.inv.codomain.event_dim - transform.inv.domain.event_dim
+    ladj = transform.log_abs_det_jacobian(u, z)
+    extra = event_dim - transform.codomain.event_dim
+    if extra > 0:
+        ladj = ladj.sum(tuple(range(-extra, 0)))
+    return u, u_event_dim, ladj
+
+
+class LatentGroup:
+    """Implicit latent sites discriminated together."""
+
+    def __init__(self, key, frames, joint=None):
+        self.key = key
+        self.frames = frames  # plate frames (the particle plate excluded)
+        self.joint = joint  # name of a joint implicit draw, if any
+        self.names = []
+
+    @property
+    def is_local(self):
+        return self.joint is None and bool(self.frames)
+
+    def __repr__(self):
+        return f"LatentGroup({self.key!r}, sites={self.names})"
+
+
+def check_latents(model_trace, guide_trace, objective_name):
+    """
+    Validates that every latent of the model is continuous and sampled by the
+    guide; returns the names of the model's latent sites.
+    """
+    latents = []
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        if site["infer"].get("_do_not_score") or site["infer"].get("is_auxiliary"):
+            continue
+        fn = site["fn"]
+        if getattr(fn.support, "is_discrete", False):
+            raise ValueError(
+                f"{objective_name}: latent site '{name}' is discrete ({type(fn).__name__}); "
+                "adversarial objectives need continuous latents. Marginalize it out, or "
+                "use pyro.infer.TraceEnum_ELBO for discrete latents."
+            )
+        if name not in guide_trace.nodes:
+            raise ValueError(
+                f"{objective_name}: the model's latent site '{name}' is not sampled by the "
+                "guide; every latent must have a guide site of the same name."
+            )
+        latents.append(name)
+    return latents
+
+
+def group_implicit_sites(guide_trace, latents):
+    """Returns ``OrderedDict[key, LatentGroup]`` of the guide's implicit latent sites."""
+    groups = OrderedDict()
+    for name in latents:
+        site = guide_trace.nodes[name]
+        if not is_implicit(site["fn"]):
+            continue
+        base = unwrap(site["fn"])[0]
+        frames = _frames(site)
+        if isinstance(base, ImplicitValue) and base.joint is not None:
+            key, joint = f"joint_{base.joint}", base.joint
+        else:
+            key = "global" if not frames else "_".join(f.name for f in frames)
+            joint = None
+        group = groups.setdefault(key, LatentGroup(key, frames, joint))
+        group.names.append(name)
+    return groups
+
+
+def context_features(model_trace, group, nesting, particle_dim):
+    """
+    The observed values that share the group's plates, one feature vector per
+    plate element (padded layout), or ``None`` when there are none. Observed
+    sites in deeper plates are folded into the features.
+    """
+    if not group.is_local:
+        return None
+    group_names = {f.name for f in group.frames}
+    parts = []
+    for _, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        frames = _frames(site)
+        names = {f.name for f in frames}
+        if not group_names <= names:
+            continue
+        value = pad_batch(site["value"], site["fn"].event_dim, nesting)
+        value = value.reshape(value.shape[:nesting] + (-1,))
+        # fold deeper plates (not in the group) into the features
+        extra = sorted(nesting + f.dim for f in frames if f.name not in group_names)
+        if extra:
+            keep = [d for d in range(nesting) if d not in extra]
+            value = value.permute(keep + extra + [nesting])
+            shape = value.shape[: len(keep)]
+            value = value.reshape(shape + (-1,))
+            for d in extra:
+                value = value.unsqueeze(d)
+        parts.append(value.to(torch.get_default_dtype()) if not value.is_floating_point() else value)
+    if not parts:
+        return None
+    shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))
+    return torch.cat([p.expand(shape + p.shape[nesting:]) for p in parts], -1)
