@@ -1,0 +1,44 @@
+"""
+Diagnostics for implicit and explicit guides: ArviZ export, importance
+diagnostics (Pareto k-hat) from density ratios, simulation-based calibration and
+two-sample metrics against reference samples.
+"""
+
+from pyro_adv.diagnostics.arviz import to_inference_data
+from pyro_adv.diagnostics.importance import (
+    ImportanceDiagnostics,
+    diagnose_guide,
+    effective_sample_size,
+    importance_diagnostics,
+    importance_log_weights,
+    log_evidence,
+    psis,
+)
+from pyro_adv.diagnostics.sbc import SBCResult, ecdf_confidence_band, rank_uniformity_test, sbc
+from pyro_adv.diagnostics.two_sample import (
+    c2st,
+    energy_distance,
+    mmd,
+    moment_errors,
+    two_sample_metrics,
+)
+
+__all__ = [
+    "ImportanceDiagnostics",
+    "SBCResult",
+    "c2st",
+    "diagnose_guide",
+    "ecdf_confidence_band",
+    "effective_sample_size",
+    "energy_distance",
+    "importance_diagnostics",
+    "importance_log_weights",
+    "log_evidence",
+    "mmd",
+    "moment_errors",
+    "psis",
+    "rank_uniformity_test",
+    "sbc",
+    "to_inference_data",
+    "two_sample_metrics",
+]
