@@ -1,0 +1,150 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI
+
+from pyro_adv.diagnostics import (
+    diagnose_guide,
+    effective_sample_size,
+    importance_diagnostics,
+    importance_log_weights,
+    log_evidence,
+    psis,
+)
+from pyro_adv.distributions import ImplicitDistribution
+from pyro_adv.infer import TraceAVB_ELBO
+from pyro_adv.models import ConjugateGaussian
+from pyro_adv.nn import MLPGenerator
+
+
+def exact_guide(cg, widen=1.0):
+    """The exact Gaussian posterior of ``cg`` with its scale multiplied by ``widen``."""
+
+    def guide(x=None, num_data=None):
+        mean, cov = cg.posterior(x)
+        pyro.sample(
+            "z", dist.MultivariateNormal(mean, scale_tril=widen * torch.linalg.cholesky(cov))
+        )
+
+    return guide
+
+
+@pytest.fixture
+def single_thread():
+    # tiny networks: one thread beats two fighting over shared cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def conjugate():
+    cg = ConjugateGaussian()
+    _, x = cg.simulate(20, generator=torch.Generator().manual_seed(0))
+    return cg, x
+
+
+def test_core_functions_on_plain_log_weights():
+    lw = torch.full((100,), -3.0)
+    assert log_evidence(lw) == pytest.approx(-3.0)
+    assert effective_sample_size(lw) == pytest.approx(100.0)
+    one_dominant = torch.tensor([0.0] + [-50.0] * 99)
+    assert effective_sample_size(one_dominant) == pytest.approx(1.0, abs=1e-6)
+    # log mean exp, not mean
+    assert log_evidence(torch.tensor([0.0, math.log(3.0)])) == pytest.approx(math.log(2.0))
+    smoothed, khat = psis(torch.randn(500))
+    assert smoothed.shape == (500,)
+    assert torch.logsumexp(torch.as_tensor(smoothed), 0).item() == pytest.approx(0.0, abs=1e-6)
+    assert khat < 0.7  # log-normal weights: all moments finite
+
+
+def test_khat_separates_heavy_and_light_tails():
+    # log w = u^2 * (1 - 1/s^2) / 2 with u ~ N(0, 1) is the exact weight of a Gaussian
+    # guide s times too narrow: the weight tail has Pareto shape 1 - 1/s^2 (8/9 for s=3)
+    u = torch.randn(4000)
+    assert importance_diagnostics(0.5 * u**2 * (1 - 1 / 1.2**2)).khat < 0.5
+    assert importance_diagnostics(0.5 * u**2 * (1 - 1 / 3.0**2)).khat > 0.7
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.zeros(3, 4), "1-D"),
+        (torch.zeros(3), "at least 5"),
+        (torch.tensor([0.0, 1.0, float("nan"), 2.0, 3.0]), "NaN"),
+    ],
+)
+def test_bad_log_weights(bad, match):
+    with pytest.raises(ValueError, match=match):
+        importance_diagnostics(bad)
+
+
+def test_khat_explicit_guide_good_vs_shrunk(conjugate):
+    cg, x = conjugate
+    exact = importance_diagnostics(
+        importance_log_weights(cg.model, exact_guide(cg), x, num_samples=2000, seed=0)
+    )
+    # the exact posterior gives constant weights equal to the evidence
+    assert exact.log_weights.std() < 1e-4
+    assert exact.khat < 0.7 and exact.reliable
+    wide = diagnose_guide(cg.model, exact_guide(cg, 1.2), x, num_samples=2000, seed=0)
+    assert wide.khat < 0.7
+    assert wide.ess > 1000
+    assert wide.log_evidence == pytest.approx(exact.log_evidence, abs=0.05)
+    narrow = diagnose_guide(cg.model, exact_guide(cg, 1 / 3), x, num_samples=2000, seed=0)
+    assert narrow.khat > 0.7 and not narrow.reliable
+    assert narrow.ess < 200
+    assert narrow.elbo < exact.elbo
+
+
+def test_importance_log_weights_is_seeded_and_leaves_rng_alone(conjugate):
+    cg, x = conjugate
+    state = torch.get_rng_state()
+    a = importance_log_weights(cg.model, exact_guide(cg, 1.5), x, num_samples=50, seed=3)
+    b = importance_log_weights(cg.model, exact_guide(cg, 1.5), x, num_samples=50, seed=3)
+    assert torch.equal(a, b)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def implicit_guide(generator):
+    def guide(x=None, num_data=None, shrink=1.0):
+        pyro.module("generator", generator)
+        loc = pyro.param("loc", lambda: torch.zeros(2))
+        pyro.sample(
+            "z", ImplicitDistribution(lambda e: loc + generator(e) / shrink, generator.noise())
+        )
+
+    return guide
+
+
+def test_implicit_guide_needs_objective(conjugate):
+    cg, x = conjugate
+    guide = implicit_guide(MLPGenerator(3, 2, hidden_dims=(8,)))
+    with pytest.raises(ValueError, match="objective"):
+        importance_log_weights(cg.model, guide, x, num_samples=10)
+    with pytest.raises(TypeError, match="importance weights"):
+        importance_log_weights(cg.model, guide, x, num_samples=10, objective=object())
+
+
+def test_khat_from_avb_discriminator_good_vs_shrunk(conjugate, single_thread):
+    cg, x = conjugate
+    guide = implicit_guide(MLPGenerator(3, 2, hidden_dims=(32,)))
+    objective = TraceAVB_ELBO(num_particles=16, discriminator_hidden_dims=(32, 32))
+    svi = SVI(cg.model, guide, pyro.optim.Adam({"lr": 1e-2}), objective)
+    with pyro.validation_enabled(False):
+        for _ in range(250):
+            svi.step(x)
+
+    def shrunk(*args, **kwargs):
+        return guide(*args, shrink=3.0, **kwargs)
+
+    good = diagnose_guide(cg.model, guide, x, objective=objective, num_samples=4000, seed=0)
+    bad = diagnose_guide(cg.model, shrunk, x, objective=objective, num_samples=4000, seed=0)
+    assert good.khat < 0.7, good
+    assert bad.khat > 0.7, bad
+    exact = importance_log_weights(cg.model, exact_guide(cg), x, num_samples=10, seed=0)
+    assert good.log_evidence == pytest.approx(exact.mean().item(), abs=0.5)
