@@ -50,18 +50,38 @@ def _to_numpy(t, num_chains):
     return a.reshape((num_chains, a.shape[0] // num_chains) + a.shape[1:])
 
 
+#: the plate with which Pyro's ELBOs vectorize particles
+_PARTICLE_PLATE = "num_particles_vectorized"
+
+
 class _Recorder:
-    """A guide wrapper that keeps the trace of its last call."""
+    """A guide wrapper that keeps the traces of its calls."""
 
     def __init__(self, guide):
         self.guide = guide
-        self.trace = None
+        self.traces = []
 
     def __call__(self, *args, **kwargs):
         handler = poutine.trace(self.guide)
         result = handler(*args, **kwargs)
-        self.trace = handler.msngr.trace
+        self.traces.append(handler.msngr.trace)
         return result
+
+    def particle_trace(self, num_particles):
+        """The trace of the call vectorized over ``num_particles`` particles."""
+        # an objective may call the guide more than once (shape guessing, extra draws
+        # for moment estimates); the scored draws are those in the particle plate
+        for trace in reversed(self.traces):
+            for site in trace.nodes.values():
+                if site["type"] == "sample" and any(
+                    f.name == _PARTICLE_PLATE and f.size == num_particles
+                    for f in site["cond_indep_stack"]
+                ):
+                    return trace
+        raise ValueError(
+            "could not find the objective's particle-vectorized guide draws; "
+            "to_inference_data(objective=...) needs an objective with vectorized particles"
+        )
 
 
 def _draw(model, guide, args, kwargs, num_samples, nesting, parallel, objective=None):
@@ -82,7 +102,7 @@ def _draw(model, guide, args, kwargs, num_samples, nesting, parallel, objective=
                 f"{log_w.numel()} weights for {num_samples} draws"
             )
         nesting = getattr(objective, "max_plate_nesting", nesting)
-        guide_traces = [recorder.trace]
+        guide_traces = [recorder.particle_trace(num_samples)]
         parallel = True
     elif parallel:
         guide_traces = [
