@@ -2,8 +2,10 @@ r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2).""
 
 import math
 
+import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective
@@ -85,8 +87,9 @@ class TraceAVB_ELBO(AdversarialObjective):
 
     def __init__(
         self,
-        num_particles=32,
+        num_particles=16,
         adaptive_contrast=True,
+        moment_particles=256,
         discriminator_hidden_dims=(64, 64),
         discriminator_activation="elu",
         discriminator=None,
@@ -100,10 +103,10 @@ class TraceAVB_ELBO(AdversarialObjective):
                 "TraceAVB_ELBO: adaptive_contrast must be True, False, 'full' or 'diagonal', "
                 f"got {adaptive_contrast!r}"
             )
-        if adaptive_contrast and num_particles < 2:
+        if adaptive_contrast and moment_particles < 16:
             raise ValueError(
-                "TraceAVB_ELBO: adaptive contrast estimates the guide's moments from its "
-                f"particles, so num_particles must be at least 2 (got {num_particles})"
+                "TraceAVB_ELBO: adaptive contrast estimates the guide's moments from "
+                f"moment_particles draws; use at least 16 (got {moment_particles})"
             )
         super().__init__(
             num_particles=num_particles,
@@ -114,6 +117,7 @@ class TraceAVB_ELBO(AdversarialObjective):
             discriminator_prefix=discriminator_prefix,
         )
         self.adaptive_contrast = adaptive_contrast
+        self.moment_particles = int(moment_particles)
         self.discriminator_hidden_dims = tuple(discriminator_hidden_dims)
         self.discriminator_activation = discriminator_activation
         self.discriminator_factory = discriminator
@@ -193,9 +197,11 @@ class TraceAVB_ELBO(AdversarialObjective):
             if group.joint is not None:
                 # one joint draw per particle: discriminate the whole flattened vector
                 u = u.reshape(u.shape[0] if particle_dim is not None else 1, -1)
-            log_q, d_loss, accs = self._group_terms(
-                group, u, context, model_trace, guide_trace, nesting, particle_dim
-            )
+            if self.adaptive_contrast:
+                reference = self._reference_draws(group, guide, args, kwargs, model_trace, guide_trace)
+            else:
+                reference = self._prior_draws(group, model_trace, guide_trace, nesting)
+            log_q, d_loss, accs = self._group_terms(group, u, context, reference)
             if group.joint is None:
                 log_q = particle_sum(log_q * scale, nesting, particle_dim)
             else:
@@ -233,65 +239,90 @@ class TraceAVB_ELBO(AdversarialObjective):
         self._last_log_weights = elbo_particles.detach()
         return loss, loss, d_loss, stats
 
-    def _group_terms(self, group, u, context, model_trace, guide_trace, nesting, particle_dim):
+    def _group_terms(self, group, u, context, reference):
         """
         Discriminator loss and the estimate of ``log q`` (adaptive contrast) or of
         ``log q - log p`` (plain AVB) for one group, per particle and context.
+
+        With adaptive contrast ``reference`` holds extra guide draws (no gradient)
+        that fix the Gaussian ``r`` and train the discriminator; otherwise it
+        holds prior draws, the discriminator's negatives.
         """
         local = context is not None
         make = self._make_discriminator(group.key, local)
         if self.adaptive_contrast:
-            if particle_dim is None or u.shape[0] < 2:
-                raise ValueError("adaptive contrast needs at least 2 particles")
-            real, log_det = self._whiten(u)
+            # r comes from one half of the draws, the discriminator's positives from the
+            # other: both they and the gradient particles are then independent of r, so the
+            # discriminator is trained on the very distribution it scores
+            half = reference.shape[0] // 2
+            loc, chol, log_det = self._gaussian_moments(reference[:half])
+            real = _whiten(reference[half:], loc, chol)
             fake = torch.randn_like(real)
-            log_r = (-0.5 * real.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
+            z = _whiten(u, loc, chol)
+            log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
         else:
-            real = u
-            fake = self._prior_draws(group, model_trace, guide_trace, nesting)
-            log_r = 0.0
+            real, fake, z, log_r = u.detach(), reference, u, 0.0
         if local:
-            context = context.expand(real.shape[:-1] + context.shape[-1:])
-            example = (context, real)
+            ctx = lambda v: context.expand(v.shape[:-1] + context.shape[-1:])  # noqa: E731
+            disc = self.discriminator(group.key, _example_input((ctx(real), real)), make)
+            real_logits = disc(ctx(real), real.detach())
+            fake_logits = disc(ctx(fake), fake)
+            t = self.frozen(disc)(ctx(z), z)
         else:
-            example = (real,)
-        disc = self.discriminator(group.key, _example_input(example), make)
-        frozen = self.frozen(disc)
-        if local:
-            real_logits = disc(context, real.detach())
-            fake_logits = disc(context, fake.detach())
-            t = frozen(context, real)
-        else:
+            disc = self.discriminator(group.key, real, make)
             real_logits = disc(real.detach())
-            fake_logits = disc(fake.detach())
-            t = frozen(real)
+            fake_logits = disc(fake)
+            t = self.frozen(disc)(z)
         d_loss = self.divergence.discriminator_loss(real_logits, fake_logits)
         accs = self.divergence.accuracy(real_logits, fake_logits)
         return t + log_r, d_loss, accs
 
-    def _whiten(self, u):
+    def _reference_draws(self, group, guide, args, kwargs, model_trace, guide_trace):
         """
-        Standardizes ``u`` (particles on dim 0) by its own moments per context:
-        ``u_tilde = L^{-1} (u - mu)`` with ``L L^T`` the sample covariance ("full")
-        or its diagonal ("diagonal"). Returns ``u_tilde`` and ``log |det L|``.
+        ``moment_particles`` extra draws of the group from the guide, without gradient,
+        in the padded layout (draws on dim 0). Subsampled plates keep the indices of
+        this step's guide trace so the draws share its contexts.
         """
-        k, d = u.shape[0], u.shape[-1]
+        subsample = poutine.Trace()
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and site_is_subsample(site):
+                subsample.add_node(name, **site)
+        draws = pyro.plate(
+            "avb_moment_particles", self.moment_particles, dim=-self.max_plate_nesting
+        )(poutine.replay(guide, trace=subsample))
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(draws).get_trace(*args, **kwargs)
+        parts = []
+        for name in group.names:
+            u, u_event_dim, _ = unconstrained(trace.nodes[name], model_trace.nodes[name])
+            parts.append(flat_features(u, u_event_dim, self.max_plate_nesting))
+        u = _cat_features(parts, self.max_plate_nesting)
+        if group.joint is not None:
+            u = u.reshape(u.shape[0], -1)
+        return u
+
+    def _gaussian_moments(self, draws):
+        """
+        The Gaussian ``r`` of adaptive contrast, from draws on dim 0: per context
+        ``(mean, L, log |det L|)`` with ``L L^T`` the sample covariance ("full") or
+        its diagonal ("diagonal", ``L`` then holds standard deviations).
+        """
+        k, d = draws.shape[0], draws.shape[-1]
         mode = self.adaptive_contrast
         if mode is True:
-            # a full covariance needs comfortably more particles than dimensions
+            # a full covariance needs comfortably more draws than dimensions
             mode = "full" if k >= 4 * d and d > 1 else "diagonal"
-        centred = u - u.mean(0, keepdim=True)
+        loc = draws.mean(0, keepdim=True)
+        centred = draws - loc
         if mode == "diagonal":
             std = centred.pow(2).mean(0, keepdim=True).clamp_min(1e-12).sqrt()
-            return centred / std, std.log().sum(-1)
+            return loc, std, std.log().sum(-1)
         batch = centred.movedim(0, -2)  # (..., k, d)
         cov = batch.transpose(-1, -2) @ batch / k
         jitter = 1e-6 * cov.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(1e-12)
         cov = cov + torch.diag_embed(jitter.expand(cov.shape[:-1]))
-        chol = torch.linalg.cholesky(cov)
-        white = torch.linalg.solve_triangular(chol, batch.transpose(-1, -2), upper=False)
-        log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return white.transpose(-1, -2).movedim(-2, 0), log_det.unsqueeze(0)
+        chol = torch.linalg.cholesky(cov).unsqueeze(0)
+        return loc, chol, chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
     def _prior_draws(self, group, model_trace, guide_trace, nesting):
         """Unconstrained draws from the model's prior at the group's sites, guide layout."""
@@ -333,6 +364,15 @@ class TraceAVB_ELBO(AdversarialObjective):
 def _cat_features(parts, nesting):
     shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))
     return torch.cat([p.expand(shape + p.shape[nesting:]) for p in parts], -1)
+
+
+def _whiten(u, loc, chol):
+    """``L^{-1} (u - loc)``: ``chol`` is a Cholesky factor (``(..., d, d)``) or std devs."""
+    centred = u - loc
+    if chol.shape == loc.shape:
+        return centred / chol
+    chol = chol.expand(centred.shape[:-1] + chol.shape[-2:])
+    return torch.linalg.solve_triangular(chol, centred.unsqueeze(-1), upper=False).squeeze(-1)
 
 
 def _example_input(example):
