@@ -133,7 +133,9 @@ def test_implicit_guide_with_avb_objective(single_thread):
     cg = ConjugateGaussian()
     _, x = cg.simulate(10, generator=torch.Generator().manual_seed(0))
     guide = AutoImplicit(cg.model, hidden_dims=(32,))
-    objective = TraceAVB_ELBO(num_particles=16, discriminator_hidden_dims=(32, 32))
+    objective = TraceAVB_ELBO(
+        num_particles=32, moment_particles=512, discriminator_hidden_dims=(32, 32)
+    )
     svi = SVI(cg.model, guide, pyro.optim.Adam({"lr": 1e-2}), objective)
     with pyro.validation_enabled(False):
         for _ in range(150):

@@ -133,7 +133,9 @@ def test_implicit_guide_needs_objective(conjugate):
 def test_khat_from_avb_discriminator_good_vs_shrunk(conjugate, single_thread):
     cg, x = conjugate
     guide = implicit_guide(MLPGenerator(3, 2, hidden_dims=(32,)))
-    objective = TraceAVB_ELBO(num_particles=16, discriminator_hidden_dims=(32, 32))
+    objective = TraceAVB_ELBO(
+        num_particles=32, moment_particles=512, discriminator_hidden_dims=(32, 32)
+    )
     svi = SVI(cg.model, guide, pyro.optim.Adam({"lr": 1e-2}), objective)
     with pyro.validation_enabled(False):
         for _ in range(250):

@@ -62,7 +62,7 @@ def test_sbc_exact_posterior_passes_and_shrunk_fails(single_thread):
     assert bad.p_value < 0.01 and not bad.passed()
     # too narrow: the truth falls outside the draws, ranks pile up at 0 and L
     extreme = np.isin(bad.ranks, [0, 99]).mean()
-    assert extreme > 0.3 > np.isin(good.ranks, [0, 99]).mean()
+    assert extreme > 0.2 > np.isin(good.ranks, [0, 99]).mean()
 
 
 def local_model(A, noise):
@@ -99,12 +99,12 @@ def test_sbc_avb_trained_implicit_encoder(single_thread):
         model,
         guide,
         pyro.optim.Adam({"lr": 1e-2}),
-        TraceAVB_ELBO(num_particles=8, discriminator_hidden_dims=(32, 32)),
+        TraceAVB_ELBO(num_particles=8, moment_particles=32, discriminator_hidden_dims=(32, 32)),
     )
     with pyro.validation_enabled(False):
         for _ in range(250):
             with torch.no_grad():
-                x = model(num_data=64)
+                x = model(num_data=32)
             svi.step(x)
     kwargs = dict(observed_site="x", num_simulations=100, num_posterior_samples=99, seed=1)
     good = sbc(model, guide, None, num_data=1, **kwargs)
