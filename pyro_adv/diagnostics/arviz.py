@@ -222,6 +222,8 @@ def to_inference_data(
         raise ValueError(
             f"num_samples={num_samples} must be a positive multiple of num_chains={num_chains}"
         )
+    # SVI keeps only the objective's bound ``loss`` method: accept that too
+    objective = getattr(objective, "__self__", objective)
     if objective is not None and not hasattr(objective, "importance_log_weights"):
         raise TypeError(
             f"objective {type(objective).__name__} has no importance_log_weights; "
@@ -292,5 +294,5 @@ def to_inference_data(
                     n: _to_numpy(v, num_chains)
                     for n, v in _values(prior_traces, observed, shapes, num_samples).items()
                 }
-    used_dims = {n: d for n, d in site_dims.items() if n in latent + observed}
+    used_dims = {n: d for n, d in site_dims.items() if n in latent + observed or n in (dims or {})}
     return _from_dict(groups, coords or None, used_dims)

@@ -233,7 +233,7 @@ def importance_log_weights(
     :param callable guide: the guide, called with the model's arguments.
     :param int num_samples: number of joint draws.
     :param objective: an objective with an ``importance_log_weights`` method, for
-        implicit guides.
+        implicit guides (``svi.loss`` works too).
     :param int seed: seeds the draws (the caller's random state is restored).
     :param int max_plate_nesting: bound on nested plates (guessed if omitted).
     :returns: a tensor of shape ``(num_samples,)``.
@@ -241,6 +241,8 @@ def importance_log_weights(
     if int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     num_samples = int(num_samples)
+    # SVI keeps only the objective's bound ``loss`` method: accept that too
+    objective = getattr(objective, "__self__", objective)
     with seeded(seed), torch.no_grad():
         if objective is not None:
             if not hasattr(objective, "importance_log_weights"):
