@@ -8,9 +8,11 @@ from pyro_adv.infer.adversarial import (
 )
 from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.trace_avb_elbo import TraceAVB_ELBO
+from pyro_adv.infer.trace_gan import Trace_GAN
 
 __all__ = [
     "TraceAVB_ELBO",
+    "Trace_GAN",
     "AdversarialObjective",
     "NonFiniteLossError",
     "divergences",

@@ -26,7 +26,10 @@ with :math:`f^*` the convex conjugate of :math:`f` and the bound tight at
 * ``log_ratio(logits)``: the estimate of :math:`\log p/q` (``None`` where the
   divergence does not identify it);
 * ``penalty(critic, real, fake)``: a regularizer added to the discriminator loss
-  (Wasserstein's gradient penalty; zero otherwise).
+  (Wasserstein's gradient penalty; zero otherwise);
+* ``f(log_ratio)``: the function :math:`f(u)` at :math:`u = p/q` (given :math:`\log u`)
+  of the divergence the generator minimizes once the discriminator is optimal,
+  for exact references by quadrature (:mod:`pyro_adv.models.gan_targets`).
 """
 
 import math
@@ -107,6 +110,21 @@ class Divergence:
     def after_update(self, discriminator):
         """Hook run on the discriminator before it is used (weight clipping)."""
 
+    def f(self, log_ratio):
+        r"""
+        The function :math:`f` of the divergence :math:`\int q\, f(p/q)\,dx` that
+        the generator minimizes at the optimal discriminator, evaluated at
+        :math:`u = p/q`, given :math:`\log u` (taking the log ratio keeps it
+        finite where the densities underflow). For the saddle-point games this is
+        the :math:`f` whose bound (15) the discriminator maximizes: by the
+        envelope theorem the generator's gradient at :math:`T^*` is the gradient of
+        :math:`D_f`.
+
+        :param torch.Tensor log_ratio: :math:`\log p(x) - \log q(x)`.
+        :raises NotImplementedError: for divergences that are not f-divergences.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not an f-divergence")
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -126,6 +144,9 @@ class ForwardKL(Divergence):
     def conjugate(self, v):
         return torch.exp(v)
 
+    def f(self, log_ratio):
+        return torch.exp(log_ratio) * log_ratio
+
 
 class ReverseKL(Divergence):
     r"""
@@ -142,9 +163,15 @@ class ReverseKL(Divergence):
     def conjugate(self, v):
         return v - 1.0
 
+    def f(self, log_ratio):
+        return -log_ratio
+
 
 class Pearson(Divergence):
-    r"""Pearson :math:`\chi^2`, :math:`f(u) = (u-1)^2`: :math:`T = 2(e^v - 1)`, :math:`f^* = e^{2v} - 1`."""
+    r"""
+    Pearson :math:`\chi^2`, :math:`f(u) = (u-1)^2`: :math:`T = 2(e^v - 1)`,
+    :math:`f^* = e^{2v} - 1`.
+    """
 
     name = "pearson"
 
@@ -153,6 +180,9 @@ class Pearson(Divergence):
 
     def conjugate(self, v):
         return torch.expm1(2.0 * v)
+
+    def f(self, log_ratio):
+        return torch.expm1(log_ratio).pow(2)
 
 
 class SquaredHellinger(Divergence):
@@ -169,6 +199,9 @@ class SquaredHellinger(Divergence):
     def conjugate(self, v):
         return torch.expm1(0.5 * v)
 
+    def f(self, log_ratio):
+        return torch.expm1(0.5 * log_ratio).pow(2)
+
 
 class JensenShannon(Divergence):
     r"""
@@ -184,6 +217,11 @@ class JensenShannon(Divergence):
 
     def conjugate(self, v):
         return F.softplus(v) - _LOG2
+
+    def f(self, log_ratio):
+        # u log u - (u + 1) log((u + 1) / 2), with log(u + 1) = softplus(log u)
+        u = torch.exp(log_ratio)
+        return u * log_ratio - (u + 1.0) * (F.softplus(log_ratio) - _LOG2)
 
 
 class Minimax(Divergence):
@@ -204,6 +242,10 @@ class Minimax(Divergence):
     def conjugate(self, v):
         return F.softplus(v)
 
+    def f(self, log_ratio):
+        u = torch.exp(log_ratio)
+        return u * log_ratio - (u + 1.0) * F.softplus(log_ratio)
+
 
 class NonSaturating(Minimax):
     r"""
@@ -211,7 +253,10 @@ class NonSaturating(Minimax):
     generator minimizes :math:`-\mathbb{E}_q \log D = \mathbb{E}_q \log(1+e^{-v})`,
     which keeps its gradient when the discriminator rejects the fakes. On the real
     side (a model that produces the real sample, as in ALI) the labels swap:
-    :math:`-\mathbb{E}_p \log(1 - D)`.
+    :math:`-\mathbb{E}_p \log(1 - D)`. At the optimal discriminator the generator
+    follows the gradient of :math:`KL(q \| p) - 2\,JSD(p, q)` (Arjovsky and Bottou
+    2017), so :meth:`f` is that divergence's, while :meth:`estimate` stays the
+    minimax bound.
     """
 
     name = "nonsaturating"
@@ -221,6 +266,12 @@ class NonSaturating(Minimax):
         if real_logits is not None:
             loss = loss + F.softplus(real_logits).mean()
         return loss
+
+    def f(self, log_ratio):
+        # At D* the generator's gradient is that of KL(q||p) - 2 JSD(p, q) (Arjovsky and
+        # Bottou 2017, thm. 2.5), an f-divergence with f(u) = -log u - f_JS(u).
+        u = torch.exp(log_ratio)
+        return -log_ratio - u * log_ratio + (u + 1.0) * (F.softplus(log_ratio) - _LOG2)
 
 
 class TotalVariation(Divergence):
@@ -239,6 +290,9 @@ class TotalVariation(Divergence):
     def conjugate(self, v):
         return 0.5 * torch.tanh(v)
 
+    def f(self, log_ratio):
+        return 0.5 * torch.expm1(log_ratio).abs()
+
     def log_ratio(self, logits):
         return None
 
@@ -247,24 +301,34 @@ class Wasserstein(Divergence):
     r"""
     The Wasserstein-1 distance in its dual form (Arjovsky et al. 2017):
     :math:`W(p, q) = \sup_{\|T\|_L \le 1} \mathbb{E}_p[T] - \mathbb{E}_q[T]`, with
-    the Lipschitz constraint enforced by a gradient penalty (Gulrajani et al.
-    2017), :math:`\lambda\,\mathbb{E}_{\hat x}[(\|\nabla T(\hat x)\| - 1)^2]` on
-    random interpolates, and/or by clipping the critic's weights.
+    the Lipschitz constraint enforced by a gradient penalty on random interpolates
+    :math:`\hat x` of real and fake inputs, and/or by clipping the critic's weights
+    (Arjovsky et al. 2017). The penalty is one-sided by default,
+    :math:`\lambda\,\mathbb{E}_{\hat x}[\max(0, \|\nabla T(\hat x)\| - 1)^2]`
+    (the Lipschitz penalty of Petzka et al. 2018, mentioned by Gulrajani et al. 2017):
+    it only forbids slopes above one, so when the generator matches the data the
+    critic may flatten out instead of keeping a unit slope that pushes the generator
+    on. With ``one_sided=False`` it is the two-sided WGAN-GP penalty
+    :math:`\lambda\,\mathbb{E}_{\hat x}[(\|\nabla T(\hat x)\| - 1)^2]` (Gulrajani et
+    al. 2017), whose fits of the thesis's bivariate normal keep oscillating at
+    learning rates where the one-sided fit settles.
 
     :param float gradient_penalty: :math:`\lambda` (10 by default; 0 disables it).
     :param float weight_clip: clip every critic weight to ``[-c, c]`` (off by default).
+    :param bool one_sided: penalize only gradient norms above one (default ``True``).
     """
 
     name = "wasserstein"
     identifies_ratio = False
 
-    def __init__(self, gradient_penalty=10.0, weight_clip=None):
+    def __init__(self, gradient_penalty=10.0, weight_clip=None, one_sided=True):
         if gradient_penalty < 0:
             raise ValueError(f"gradient_penalty must be >= 0, got {gradient_penalty}")
         if weight_clip is not None and weight_clip <= 0:
             raise ValueError(f"weight_clip must be positive, got {weight_clip}")
         self.gradient_penalty = gradient_penalty
         self.weight_clip = weight_clip
+        self.one_sided = bool(one_sided)
 
     def activation(self, v):
         return v
@@ -289,11 +353,15 @@ class Wasserstein(Divergence):
         real = real_inputs.detach().reshape(-1, real_inputs.shape[-1])
         fake = fake_inputs.detach().reshape(-1, fake_inputs.shape[-1])
         n = min(real.shape[0], fake.shape[0])
-        real, fake = real[torch.randperm(real.shape[0])[:n]], fake[torch.randperm(fake.shape[0])[:n]]
+        real = real[torch.randperm(real.shape[0], device=real.device)[:n]]
+        fake = fake[torch.randperm(fake.shape[0], device=fake.device)[:n]]
         alpha = torch.rand(n, 1, dtype=real.dtype, device=real.device)
         mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
         (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-        return self.gradient_penalty * (grad.norm(dim=-1) - 1.0).pow(2).mean()
+        excess = grad.norm(dim=-1) - 1.0
+        if self.one_sided:
+            excess = excess.clamp_min(0.0)
+        return self.gradient_penalty * excess.pow(2).mean()
 
     def after_update(self, discriminator):
         if self.weight_clip is not None:
@@ -304,7 +372,7 @@ class Wasserstein(Divergence):
     def __repr__(self):
         return (
             f"Wasserstein(gradient_penalty={self.gradient_penalty}, "
-            f"weight_clip={self.weight_clip})"
+            f"weight_clip={self.weight_clip}, one_sided={self.one_sided})"
         )
 
 
