@@ -122,15 +122,13 @@ class ImplicitDistribution(TorchDistribution):
         value = self.generator(noise)
         expected = self._extended_shape(sample_shape)
         if value.shape != expected:
-            try:
-                value = value.expand(expected)
-            except RuntimeError:
-                raise ValueError(
-                    f"ImplicitDistribution: the generator returned shape {tuple(value.shape)} "
-                    f"for noise of shape {tuple(noise.shape)}; expected {tuple(expected)} "
-                    f"(sample_shape + batch_shape {tuple(self.batch_shape)} + event_shape "
-                    f"{tuple(self.event_shape)})."
-                ) from None
+            # never broadcast: that would copy one draw across the batch
+            raise ValueError(
+                f"ImplicitDistribution: the generator returned shape {tuple(value.shape)} "
+                f"for noise of shape {tuple(noise.shape)}; expected {tuple(expected)} "
+                f"(sample_shape + batch_shape {tuple(self.batch_shape)} + event_shape "
+                f"{tuple(self.event_shape)})."
+            )
         return value
 
     def sample(self, sample_shape=torch.Size()):

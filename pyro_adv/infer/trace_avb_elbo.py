@@ -89,7 +89,8 @@ class TraceAVB_ELBO(AdversarialObjective):
         self,
         num_particles=16,
         adaptive_contrast=True,
-        moment_particles=256,
+        moment_particles=512,
+        discriminator_particles=64,
         discriminator_hidden_dims=(64, 64),
         discriminator_activation="elu",
         discriminator=None,
@@ -118,6 +119,7 @@ class TraceAVB_ELBO(AdversarialObjective):
         )
         self.adaptive_contrast = adaptive_contrast
         self.moment_particles = int(moment_particles)
+        self.discriminator_particles = int(discriminator_particles)
         self.discriminator_hidden_dims = tuple(discriminator_hidden_dims)
         self.discriminator_activation = discriminator_activation
         self.discriminator_factory = discriminator
@@ -198,7 +200,9 @@ class TraceAVB_ELBO(AdversarialObjective):
                 # one joint draw per particle: discriminate the whole flattened vector
                 u = u.reshape(u.shape[0] if particle_dim is not None else 1, -1)
             if self.adaptive_contrast:
-                reference = self._reference_draws(group, guide, args, kwargs, model_trace, guide_trace)
+                reference = self._reference_draws(
+                    group, guide, args, kwargs, model_trace, guide_trace
+                )
             else:
                 reference = self._prior_draws(group, model_trace, guide_trace, nesting)
             log_q, d_loss, accs = self._group_terms(group, u, context, reference)
@@ -248,20 +252,21 @@ class TraceAVB_ELBO(AdversarialObjective):
         that fix the Gaussian ``r`` and train the discriminator; otherwise it
         holds prior draws, the discriminator's negatives.
         """
-        local = context is not None
-        make = self._make_discriminator(group.key, local)
         if self.adaptive_contrast:
-            # r comes from one half of the draws, the discriminator's positives from the
-            # other: both they and the gradient particles are then independent of r, so the
-            # discriminator is trained on the very distribution it scores
-            half = reference.shape[0] // 2
-            loc, chol, log_det = self._gaussian_moments(reference[:half])
-            real = _whiten(reference[half:], loc, chol)
+            # r comes from some draws, the discriminator's positives from others: they and
+            # the gradient particles are independent of r, so the discriminator is trained
+            # on the distribution it scores. Many draws keep r's noise (which blurs what the
+            # discriminator sees across steps) small.
+            m = self.moment_particles
+            loc, chol, log_det = self._gaussian_moments(reference[:m])
+            real = _whiten(reference[m:], loc, chol)
             fake = torch.randn_like(real)
             z = _whiten(u, loc, chol)
             log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
         else:
             real, fake, z, log_r = u.detach(), reference, u, 0.0
+        local = context is not None
+        make = self._make_discriminator(group.key, local)
         if local:
             ctx = lambda v: context.expand(v.shape[:-1] + context.shape[-1:])  # noqa: E731
             disc = self.discriminator(group.key, _example_input((ctx(real), real)), make)
@@ -279,7 +284,8 @@ class TraceAVB_ELBO(AdversarialObjective):
 
     def _reference_draws(self, group, guide, args, kwargs, model_trace, guide_trace):
         """
-        ``moment_particles`` extra draws of the group from the guide, without gradient,
+        ``moment_particles + discriminator_particles`` extra draws of the group from
+        the guide, without gradient,
         in the padded layout (draws on dim 0). Subsampled plates keep the indices of
         this step's guide trace so the draws share its contexts.
         """
@@ -288,7 +294,9 @@ class TraceAVB_ELBO(AdversarialObjective):
             if site["type"] == "sample" and site_is_subsample(site):
                 subsample.add_node(name, **site)
         draws = pyro.plate(
-            "avb_moment_particles", self.moment_particles, dim=-self.max_plate_nesting
+            "avb_reference_particles",
+            self.moment_particles + self.discriminator_particles,
+            dim=-self.max_plate_nesting,
         )(poutine.replay(guide, trace=subsample))
         with torch.no_grad(), poutine.block():
             trace = poutine.trace(draws).get_trace(*args, **kwargs)
@@ -380,7 +388,9 @@ def _example_input(example):
         return example[0]
     context, z = example
     shape = torch.broadcast_shapes(context.shape[:-1], z.shape[:-1])
-    return torch.cat([context.expand(shape + context.shape[-1:]), z.expand(shape + z.shape[-1:])], -1)
+    return torch.cat(
+        [context.expand(shape + context.shape[-1:]), z.expand(shape + z.shape[-1:])], -1
+    )
 
 
 def _mean(x):

@@ -188,7 +188,9 @@ def context_features(model_trace, group, nesting, particle_dim):
             value = value.reshape(shape + (-1,))
             for d in extra:
                 value = value.unsqueeze(d)
-        parts.append(value.to(torch.get_default_dtype()) if not value.is_floating_point() else value)
+        parts.append(
+            value.to(torch.get_default_dtype()) if not value.is_floating_point() else value
+        )
     if not parts:
         return None
     shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))

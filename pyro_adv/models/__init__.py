@@ -3,22 +3,36 @@
 from pyro_adv.models.conjugate import ConjugateGaussian, GammaPoisson
 from pyro_adv.models.exponential import (
     PRIOR_VARIANCE,
+    amortized_guide,
     exact_posterior_moments,
     exact_posterior_sample,
     exponential_log_joint,
     exponential_model,
     posterior_summary,
     sample_prior_predictive,
+    sample_training_observations,
+)
+from pyro_adv.models.gan_targets import (
+    exact_divergence_optimum,
+    location_scale_gan,
+    sample_bivariate_normal,
+    sample_mixture,
 )
 
 __all__ = [
     "ConjugateGaussian",
     "GammaPoisson",
     "PRIOR_VARIANCE",
+    "amortized_guide",
+    "sample_training_observations",
     "exact_posterior_moments",
     "exact_posterior_sample",
     "exponential_log_joint",
     "exponential_model",
     "posterior_summary",
     "sample_prior_predictive",
+    "exact_divergence_optimum",
+    "location_scale_gan",
+    "sample_bivariate_normal",
+    "sample_mixture",
 ]

@@ -26,6 +26,8 @@ from scipy import integrate
 __all__ = [
     "PRIOR_VARIANCE",
     "exponential_model",
+    "amortized_guide",
+    "sample_training_observations",
     "exponential_log_joint",
     "exact_posterior_moments",
     "exact_posterior_sample",
@@ -37,27 +39,57 @@ __all__ = [
 PRIOR_VARIANCE = 2.0
 
 
-def exponential_model(x=None, num_data=None):
+def exponential_model(x=None, num_data=None, subsample_size=None):
     """
     The model as a Pyro program: ``z_i ~ N(0, 2 I)``, ``x_i ~ Exp(rate=1/(1+|z_i|^2))``
     for each of the ``len(x)`` observations (or ``num_data`` simulated ones).
 
     :param torch.Tensor x: observations, shape ``(N,)``, or ``None`` to simulate.
     :param int num_data: how many to simulate when ``x`` is ``None``.
+    :param int subsample_size: minibatch size; the ELBO is scaled by ``N / size``.
     """
     if x is None and num_data is None:
         raise ValueError("exponential_model needs observations x or num_data")
     n = x.shape[0] if x is not None else num_data
     scale = math.sqrt(PRIOR_VARIANCE)
     zero = x.new_zeros(()) if x is not None else torch.zeros(())
-    with pyro.plate("data", n):
+    with pyro.plate("data", n, subsample_size=subsample_size) as idx:
         z = pyro.sample("z", dist.Normal(zero, scale).expand([2]).to_event(1))
         beta = 1.0 + z.pow(2).sum(-1)
-        return pyro.sample("x", dist.Exponential(1.0 / beta), obs=x)
+        obs = x[idx] if x is not None else None
+        return pyro.sample("x", dist.Exponential(1.0 / beta), obs=obs)
+
+
+def amortized_guide(encoder):
+    """
+    The amortized guide of :func:`exponential_model` (thesis section 4.2.1): ``z_i``
+    drawn by ``encoder`` (an :class:`~pyro_adv.nn.ImplicitEncoder` with ``input_dim=1``,
+    ``latent_dim=2``) from its observation ``x_i``.
+    """
+
+    def guide(x=None, num_data=None, subsample_size=None):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0], subsample_size=subsample_size) as idx:
+            pyro.sample("z", encoder(x[idx].unsqueeze(-1)))
+
+    return guide
+
+
+def sample_training_observations(num_data, x_max=40.0, generator=None):
+    """
+    Observations that cover the range of interest for an amortized posterior: half
+    uniform on ``[0, x_max]``, half log-uniform on ``[0.25, x_max]``, so small ``x``
+    (a compact posterior) and large ``x`` (a ring) are both well represented.
+    """
+    u = torch.rand(num_data, generator=generator)
+    uniform = u * x_max
+    log_uniform = 0.25 * torch.exp(u * math.log(x_max / 0.25))
+    pick = torch.rand(num_data, generator=generator) < 0.5
+    return torch.where(pick, uniform, log_uniform)
 
 
 def exponential_log_joint(z, x):
-    """``log p(x, z)`` (thesis eq. 33) for ``z`` of shape ``(..., 2)`` and scalar or broadcastable ``x``."""
+    """``log p(x, z)`` (thesis eq. 33) for ``z`` of shape ``(..., 2)`` and broadcastable ``x``."""
     beta = 1.0 + z.pow(2).sum(-1)
     log_prior = -math.log(2 * math.pi * PRIOR_VARIANCE) - z.pow(2).sum(-1) / (2 * PRIOR_VARIANCE)
     return log_prior - torch.log(beta) - x / beta

@@ -99,8 +99,10 @@ class ImplicitEncoder(nn.Module):
         if self.context_transform is not None:
             context = self.context_transform(context)
         shape = torch.broadcast_shapes(context.shape[:-1], noise.shape[:-1])
-        inputs = torch.cat([context.expand(shape + context.shape[-1:]),
-                            noise.expand(shape + noise.shape[-1:])], dim=-1)
+        inputs = torch.cat(
+            [context.expand(shape + context.shape[-1:]), noise.expand(shape + noise.shape[-1:])],
+            dim=-1,
+        )
         return self.net(inputs)
 
     def forward(self, context):

@@ -73,7 +73,11 @@ class AutoImplicit(AutoContinuous):
         super()._setup_prototype(*args, **kwargs)
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.full_size is not None and frame.size != frame.full_size:
+                if (
+                    frame.vectorized
+                    and frame.full_size is not None
+                    and frame.size != frame.full_size
+                ):
                     raise NotImplementedError(
                         f"AutoImplicit draws all latents jointly and cannot subsample plate "
                         f"'{frame.name}' at site '{name}'; use an amortized ImplicitEncoder "
