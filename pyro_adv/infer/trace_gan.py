@@ -294,7 +294,7 @@ class Trace_GAN(AdversarialObjective):
                 if real_site["infer"].get("_deterministic", False):
                     hint = (
                         "; inside a plate, pass pyro.deterministic the event_dim of one "
-                        "element (e.g. event_dim=1 for a (N, k) covariate)"
+                        "element (event_dim=0 for an (N,) covariate, 1 for (N, k))"
                     )
                 raise ValueError(
                     f"{name}: observed site '{site_name}': the data have shape "
