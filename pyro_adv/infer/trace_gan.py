@@ -55,9 +55,11 @@ class Trace_GAN(AdversarialObjective):
     discriminator of the group sees the concatenation of *all* observed sites of
     that element (inner plates and event dims flattened), so joint structure across
     sites is matched. Sites outside every plate form one ``"global"`` example.
-    ``pyro.deterministic`` sites inside the plate join the example; since they
-    are recomputed on each side, they are how a **conditional** generator shows its
-    condition to the discriminator (covariates passed as model arguments)::
+    ``pyro.deterministic`` sites inside the plate whose values agree on both sides
+    (functions of the model's arguments) join the example: they are how a
+    **conditional** generator shows its condition to the discriminator (covariates
+    passed as model arguments); deterministic records of simulated quantities are
+    left out, since on the real side they would pair the data with unrelated noise::
 
         def cgan(x, y=None):
             pyro.module("generator", generator)             # an ImplicitEncoder
@@ -311,9 +313,14 @@ class Trace_GAN(AdversarialObjective):
                     f"{tuple(value.shape)} but the model simulates shape "
                     f"{tuple(fake_site['value'].shape)}"
                 )
+            deterministic = real_site["infer"].get("_deterministic", False)
+            if deterministic and not torch.equal(real.expand_as(fake), fake):
+                # a record of simulated quantities, not a condition: on the real side it
+                # would pair the data with unrelated noise
+                continue
             real_parts.append(real)
             fake_parts.append(fake)
-            if not real_site["infer"].get("_deterministic", False):
+            if not deterministic:
                 real_mask = _and(real_mask, self._row_mask(real_site, site_name, outer, real))
                 fake_mask = _and(fake_mask, self._row_mask(fake_site, site_name, outer, fake))
         if self.condition is not None and outer is not None:

@@ -254,6 +254,20 @@ def test_conditional_encoder_and_predictive():
     assert Predictive(cgan, num_samples=3)(torch.randn(5, 1))["y"].shape == (3, 5, 2)
 
 
+def test_deterministic_records_of_simulated_values_are_left_out():
+    def model(x, y=None):
+        m = pyro.param("m", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            pyro.deterministic("x", x, event_dim=0)
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.deterministic("z_record", z, event_dim=0)
+            pyro.sample("y", dist.Delta(m + z), obs=y)
+
+    loss = Trace_GAN("js", discriminator=Recorder())
+    real, fake = recorded_step(model, loss, torch.randn(9), torch.randn(9))
+    assert real.shape == fake.shape == (9, 2)
+
+
 def test_subsampling_uses_the_same_indices_on_both_sides():
     x_all = torch.arange(100.0).unsqueeze(-1)
     y_all = torch.randn(100, 1)
