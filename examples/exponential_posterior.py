@@ -171,7 +171,12 @@ def parse_args(argv=None):
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--activation", default="elu")
     parser.add_argument("--num-samples", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest for these small networks)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--outdir", default="outputs")
     parser.add_argument("--no-progress", action="store_true")

@@ -7,8 +7,9 @@ import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Two cores: more threads only add contention between tiny matrix products.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny networks gain nothing from intra-op threads, and on two shared cores a second
+# thread made them several times slower: one thread per test process.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

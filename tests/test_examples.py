@@ -16,7 +16,7 @@ def test_example_runs(script, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"},
+        env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert list(tmp_path.glob("*.png")), f"{script.name} saved no figure"
