@@ -90,6 +90,17 @@ class Trace_GAN(AdversarialObjective):
     ``divergence``. The guide must have no sample sites: pass
     ``lambda *args, **kwargs: None``.
 
+    GANs settle best with a discriminator that learns a few times faster than
+    the generator (the two time-scale rule, Heusel et al. 2017) and, for
+    ``"wasserstein"``, a decaying generator rate; give each player its own
+    settings with Pyro's per-parameter optimizer::
+
+        def per_param(name):
+            if is_discriminator_param(name):
+                return {"lr": 4e-3, "betas": (0.5, 0.999)}
+            return {"lr": 1e-3, "betas": (0.5, 0.999), "lrd": 0.1 ** (1 / num_steps)}
+        optim = pyro.optim.ClippedAdam(per_param)
+
     Example (thesis section 3.2.1)::
 
         generator = MLPGenerator(2, 2, hidden_dims=(20,), activation="softplus")
