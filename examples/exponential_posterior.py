@@ -53,7 +53,7 @@ def make_encoder(args):
     return ImplicitEncoder(
         input_dim=1,
         latent_dim=2,
-        noise_dim=3,
+        noise_dim=args.noise_dim,
         hidden_dims=(args.hidden,) * args.layers,
         activation=args.activation,
         context_transform=torch.log1p,
@@ -77,7 +77,11 @@ def train(method, data, args):
     encoder = make_encoder(args)
     guide = amortized_guide(encoder)
     if method in ("avb", "avb-plain"):
-        objective = TraceAVB_ELBO(num_particles=args.particles, adaptive_contrast=(method == "avb"))
+        objective = TraceAVB_ELBO(
+            num_particles=args.particles,
+            adaptive_contrast=(method == "avb"),
+            discriminator_hidden_dims=(128, 128),
+        )
     else:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     svi = SVI(exponential_model, guide, two_player_adam(args), objective)
@@ -165,7 +169,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--num-data", type=int, default=4096, help="training observations")
     parser.add_argument("--batch-size", type=int, default=32, help="observations per step")
-    parser.add_argument("--particles", type=int, default=8, help="guide draws per observation")
+    parser.add_argument("--particles", type=int, default=32, help="guide draws per observation")
+    parser.add_argument("--noise-dim", type=int, default=8, help="noise width of the AVB encoder")
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
