@@ -66,7 +66,9 @@ def two_player_adam(args):
 
     def per_param(name):
         lr = 2 * args.lr if is_discriminator_param(name) else args.lr
-        return {"lr": lr, "lrd": decay}
+        # ClippedAdam clamps gradient elements at 10 by default; the subsampled ELBO is
+        # scaled by num_data / batch_size, so that clamp would bite everywhere
+        return {"lr": lr, "lrd": decay, "clip_norm": 1e8}
 
     return pyro.optim.ClippedAdam(per_param)
 

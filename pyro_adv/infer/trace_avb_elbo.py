@@ -5,6 +5,7 @@ import math
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 from pyro_adv.distributions.implicit import is_implicit
@@ -176,7 +177,8 @@ class TraceAVB_ELBO(AdversarialObjective):
                 continue
             if site_name in implicit and not self.adaptive_contrast:
                 continue
-            log_p = log_p + particle_sum(site["log_prob"] * site["scale"], nesting, particle_dim)
+            # Pyro's log_prob is already scaled (subsampling) and masked
+            log_p = log_p + particle_sum(site["log_prob"], nesting, particle_dim)
 
         # explicit guide sites are scored by their own density
         log_q_explicit = 0.0
@@ -189,7 +191,7 @@ class TraceAVB_ELBO(AdversarialObjective):
                     f"{name}: guide site '{site_name}' ({type(site['fn']).__name__}) is not "
                     "reparameterizable; AVB needs pathwise gradients through every guide site."
                 )
-            lp = site["fn"].log_prob(site["value"]) * site["scale"]
+            lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
             log_q_explicit = log_q_explicit + particle_sum(lp, nesting, particle_dim)
 
         d_losses, kl_terms, acc_real, acc_fake = [], 0.0, [], []
@@ -246,9 +248,7 @@ class TraceAVB_ELBO(AdversarialObjective):
             log_prior = 0.0
             for site_name in implicit:
                 site = model_trace.nodes[site_name]
-                log_prior = log_prior + particle_sum(
-                    site["log_prob"] * site["scale"], nesting, particle_dim
-                )
+                log_prior = log_prior + particle_sum(site["log_prob"], nesting, particle_dim)
             stats["kl"] = _mean(kl_terms - log_prior).item()
         elif groups:
             stats["kl"] = _mean(kl_terms).item()
