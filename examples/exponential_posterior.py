@@ -28,7 +28,7 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro.infer import SVI  # noqa: E402
 
-from pyro_adv.infer import TraceAVB_ELBO, is_discriminator_param  # noqa: E402
+from pyro_adv.infer import TraceAVB_ELBO  # noqa: E402
 from pyro_adv.models import (  # noqa: E402
     PRIOR_VARIANCE,
     amortized_guide,
@@ -39,6 +39,7 @@ from pyro_adv.models import (  # noqa: E402
     sample_training_observations,
 )
 from pyro_adv.nn import ImplicitEncoder  # noqa: E402
+from pyro_adv.optim import two_timescale_adam  # noqa: E402
 from pyro_adv.plotting import plot_density_contours  # noqa: E402
 from pyro_adv.training import fit  # noqa: E402
 
@@ -60,19 +61,6 @@ def make_encoder(args):
     )
 
 
-def two_player_adam(args):
-    """Adam for both players, the discriminator's rate doubled, decaying over the run."""
-    decay = 0.05 ** (1.0 / args.steps)
-
-    def per_param(name):
-        lr = 2 * args.lr if is_discriminator_param(name) else args.lr
-        # ClippedAdam clamps gradient elements at 10 by default; the subsampled ELBO is
-        # scaled by num_data / batch_size, so that clamp would bite everywhere
-        return {"lr": lr, "lrd": decay, "clip_norm": 1e8}
-
-    return pyro.optim.ClippedAdam(per_param)
-
-
 def train(method, data, args):
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
@@ -86,7 +74,12 @@ def train(method, data, args):
         )
     else:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    svi = SVI(exponential_model, guide, two_player_adam(args), objective)
+    svi = SVI(
+        exponential_model,
+        guide,
+        two_timescale_adam(args.lr, discriminator_lr=2 * args.lr, num_steps=args.steps, decay=0.05),
+        objective,
+    )
     start = time.perf_counter()
     history = fit(
         svi,

@@ -6,11 +6,11 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import SVI, Predictive
-from pyro.optim import Adam, ClippedAdam
+from pyro.optim import Adam
 from torch import nn
 
 from pyro_adv.distributions import ImplicitDistribution
-from pyro_adv.infer import Trace_GAN, is_discriminator_param
+from pyro_adv.infer import Trace_GAN
 from pyro_adv.models.gan_targets import (
     BIVARIATE_COVARIANCE,
     BIVARIATE_MEAN,
@@ -20,6 +20,7 @@ from pyro_adv.models.gan_targets import (
     sample_mixture,
 )
 from pyro_adv.nn import ImplicitEncoder, MLPGenerator
+from pyro_adv.optim import two_timescale_adam
 
 
 @pytest.fixture(autouse=True)
@@ -38,14 +39,15 @@ def no_guide(*args, **kwargs):
 
 def two_timescale(lr, disc_lr, steps, decay=1.0):
     """Adam with a faster discriminator (TTUR) and the generator's rate decayed by ``decay``."""
-    gamma = decay ** (1.0 / steps)
-
-    def per_param(name):
-        if is_discriminator_param(name):
-            return {"lr": disc_lr, "betas": (0.5, 0.999), "clip_norm": 1e6}
-        return {"lr": lr, "lrd": gamma, "betas": (0.5, 0.999), "clip_norm": 1e6}
-
-    return ClippedAdam(per_param)
+    return two_timescale_adam(
+        lr,
+        discriminator_lr=disc_lr,
+        num_steps=steps,
+        decay=decay,
+        decay_discriminator=False,
+        betas=(0.5, 0.999),
+        clip_norm=1e6,
+    )
 
 
 def fit(model, data, loss, optim, steps, batch):
