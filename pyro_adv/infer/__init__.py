@@ -7,12 +7,15 @@ from pyro_adv.infer.adversarial import (
     is_discriminator_param,
 )
 from pyro_adv.infer.divergences import get_divergence
+from pyro_adv.infer.trace_ali import Trace_ALI, simulate
 from pyro_adv.infer.trace_avb_elbo import TraceAVB_ELBO
 from pyro_adv.infer.trace_gan import Trace_GAN
 
 __all__ = [
     "TraceAVB_ELBO",
     "Trace_GAN",
+    "Trace_ALI",
+    "simulate",
     "AdversarialObjective",
     "NonFiniteLossError",
     "divergences",

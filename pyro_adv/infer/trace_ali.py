@@ -1,0 +1,733 @@
+r"""
+Adversarially Learned Inference (Dumoulin et al. 2016; Donahue et al. 2016 BiGAN;
+thesis section 4.2): likelihood-free amortized inference from simulations.
+"""
+
+import re
+import warnings
+from collections import OrderedDict
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_factor, site_is_subsample
+from torch import nn
+
+from pyro_adv.distributions.implicit import ImplicitValue, unwrap
+from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.divergences import Wasserstein, get_divergence
+from pyro_adv.infer.util import (
+    PARTICLE_PLATE,
+    LatentGroup,
+    check_latents,
+    context_features,
+    flat_features,
+    unconstrained,
+)
+from pyro_adv.nn.discriminators import PairDiscriminator
+
+__all__ = ["Trace_ALI", "simulate"]
+
+#: vectorized particles per step when the guide has global latents (``num_particles=None``)
+GLOBAL_PARTICLES = 64
+
+_SIMULATION_PLATE = "ali_simulations"
+
+_REPARAM_HINT = (
+    "Trace_ALI trains the model through its simulated values (pathwise gradients), so every "
+    "site between a model parameter and an observed site must be reparameterizable: use an "
+    "ImplicitDistribution, a dist.Delta of a generator's output, or a continuous "
+    "distribution with rsample. To infer latents of a fixed simulator, register no model "
+    "parameters (or train from a bank, simulations=simulate(model, ...))."
+)
+
+
+def simulate(model, num_simulations, *args, **kwargs):
+    r"""
+    Runs ``model(*args, **kwargs)`` forward ``num_simulations`` times, ignoring its
+    observations (:func:`~pyro.poutine.uncondition`), and returns every sample site:
+    latent draws from the prior and simulated observations. The runs are
+    vectorized in an outer plate, so the model must broadcast like any Pyro model
+    used with vectorized particles. Nothing is scored, so implicit simulators work.
+
+    The result is the *simulation bank* of :class:`Trace_ALI` (``simulations=``):
+    a fixed budget of :math:`(z, x)` pairs from :math:`p(z)\,p(x \mid z)`, drawn
+    once (the setting of neural posterior estimation, Papamakarios and Murray
+    2016; Greenberg et al. 2019).
+
+    Example::
+
+        bank = simulate(exponential_model, 1, num_data=100_000)
+        bank["z"].shape, bank["x"].shape      # (1, 100000, 2), (1, 100000)
+
+    :param callable model: a Pyro model.
+    :param int num_simulations: number of forward runs.
+    :returns: ``{site name: tensor}``, each of shape ``(num_simulations,) +
+        batch_shape + event_shape`` of the site in one run (plates with their full
+        size: run the model without subsampling).
+    :rtype: dict
+    """
+    if int(num_simulations) != num_simulations or num_simulations < 1:
+        raise ValueError(
+            f"simulate: num_simulations must be a positive integer, got {num_simulations}"
+        )
+    num_simulations = int(num_simulations)
+    simulator = poutine.uncondition(model)
+    with torch.no_grad(), poutine.block():
+        probe = poutine.trace(simulator).get_trace(*args, **kwargs)
+        nesting = max([-f.dim for site in _sample_sites(probe) for f in _frames(site)], default=0)
+        runs = pyro.plate(_SIMULATION_PLATE, num_simulations, dim=-(nesting + 1))(simulator)
+        trace = poutine.trace(runs).get_trace(*args, **kwargs)
+    bank = OrderedDict()
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site_is_factor(site):
+            continue
+        frames = [f for f in _frames(site) if f.name != _SIMULATION_PLATE]
+        batch = max([-f.dim for f in frames], default=0)
+        value = site["value"]
+        keep = value.dim() - batch - site["fn"].event_dim
+        lead = value.shape[:keep]
+        if lead.numel() not in (1, num_simulations):
+            raise ValueError(
+                f"simulate: site '{name}' has value shape {tuple(value.shape)}, whose batch "
+                "dims are not all declared by pyro.plate"
+            )
+        value = value.reshape((lead.numel(),) + value.shape[keep:])
+        bank[name] = value.expand((num_simulations,) + value.shape[1:]).detach()
+    return bank
+
+
+class Trace_ALI(AdversarialObjective):
+    r"""
+    Adversarially Learned Inference (Dumoulin et al. 2016) and BiGAN (Donahue,
+    Krähenbühl and Darrell 2016): an amortized posterior :math:`q_\gamma(z \mid x)`
+    (and, optionally, the model's own parameters) trained by a discriminator on
+    pairs :math:`(x, z)`. The likelihood :math:`p_\theta(x \mid z)` is never
+    evaluated, only simulated, so observed sites may be
+    :class:`~pyro_adv.distributions.ImplicitDistribution` s or any simulator whose
+    density is unknown.
+
+    The discriminator :math:`T(x, z)` (logit :math:`v`) separates the two joint
+    distributions
+
+    .. math::
+
+        p(x, z) = p(z)\, p_\theta(x \mid z) \quad\text{("real": the model run forward)},
+        \qquad q(x, z) = p_D(x)\, q_\gamma(z \mid x) \quad\text{("fake": data and guide)},
+
+    where :math:`p_D` is the distribution of the data passed to ``svi.step``. The
+    thesis's objective (eq. 32) is the expected posterior KL,
+
+    .. math::
+
+        \mathbb{E}_{p_D}\big[KL(q_\gamma(z \mid x) \,\|\, p(z \mid x))\big]
+        = \mathbb{E}_{p_D}\,\mathbb{E}_{q_\gamma}\Big[\log
+          \frac{q_\gamma(z \mid x)\, p(x)}{p_\theta(x \mid z)\, p(z)}\Big]
+        = KL(q(x, z) \,\|\, p(x, z)) - KL(p_D \,\|\, p),
+
+    and the second term does not depend on the guide. With the default
+    ``divergence="reverse_kl"`` the discriminator minimizes
+    :math:`\mathcal{L}^D = -\mathbb{E}_p[-e^{-v}] + \mathbb{E}_q[v - 1]` (the f-GAN
+    bound of :math:`KL(q \| p)`, whose optimum is :math:`v^* = \log p(x,z)/q(x,z)`;
+    the thesis writes it with the sigmoid output :math:`D = \sigma(-v)` and the
+    cross-entropy :math:`-\mathbb{E}_q \log D - \mathbb{E}_p \log(1 - D)`, which has
+    the same optimum) and the guide minimizes the thesis's
+
+    .. math::
+
+        \mathcal{L}^G = \mathbb{E}_{p_D}\,\mathbb{E}_{\epsilon}\Big[\log
+          \frac{D(G(\epsilon, x), x)}{1 - D(G(\epsilon, x), x)}\Big]
+        = \mathbb{E}_q[-v] \approx KL(q(x, z) \,\|\, p(x, z)).
+
+    Any divergence of :mod:`pyro_adv.infer.divergences` can replace it (the
+    original ALI game is ``"minimax"``/``"nonsaturating"``). **Full ALI/BiGAN**:
+    when the model has parameters (a decoder), the simulated pairs carry their
+    gradient and the model minimizes the same generator loss, real-side term
+    included, with the discriminator's weights frozen; at the equilibrium
+    :math:`p_\theta(x) = p_D(x)` and :math:`q_\gamma(z \mid x) = p(z \mid x)`.
+
+    **Where the discriminator looks** (one discriminator per group of latents,
+    the grouping of :mod:`pyro_adv.infer.util`). Latents inside a
+    :class:`~pyro.plate` are seen per element, as pairs :math:`(x_i, z_i)` with
+    :math:`x_i` the observed values sharing the plate (plus any global latents);
+    global latents are seen as one pair (all observed values flattened,
+    :math:`z`) per particle. Latents are discriminated in the unconstrained
+    space of their support. A subsampled plate simulates as many elements as the
+    data minibatch, with the same indices. Losses are means over pairs.
+
+    **Which** :math:`p_D`. ALI is amortized: the guide is trained wherever
+    :math:`p_D` puts data, and the discriminator learns
+    :math:`\log p(z \mid x) / q(z \mid x)` only where it also sees simulated
+    pairs, so :math:`p_D` should be (close to) the prior predictive, e.g.
+    ``svi.step(simulate(model, 1, ...)["x"][0], subsample_size=B)``. Pairs
+    resampled by a function of :math:`x` alone still follow
+    :math:`p(z \mid x)`, so a bank may be reweighted to spread :math:`x` over the
+    range of interest without changing the optimum. **Global latents of one
+    fixed data set** do not fit this scheme: a single point :math:`x_{obs}` is
+    separated from every simulation by :math:`x` alone and the guide collapses
+    (a warning says so). Amortize instead: put the data sets in a plate, so that
+    the parameters become plate-local (each data set is one pair, observed
+    values of inner plates are flattened into its features), train on simulated
+    data sets, and query the encoder at :math:`x_{obs}`.
+
+    **Oscillation.** The two players circle the equilibrium; give the
+    discriminator a larger learning rate than the guide (4-8 times), decay both,
+    and for the most accurate posterior average the guide's weights over the last
+    steps (:class:`torch.optim.swa_utils.AveragedModel`), as for GAN generators
+    (Yazıcı et al. 2019).
+
+    **Simulation bank** (fixed budget, the setting of neural posterior
+    estimation): with ``simulations=simulate(model, S, ...)`` no model is run
+    forward during training; each step draws ``num_particles`` simulations from
+    the bank and, inside them, as many plate elements as the data minibatch (the
+    minibatch's own indices where the plate has the bank's size, so that
+    ``svi.step(bank["x"][0], subsample_size=B)`` pairs each simulated :math:`x_i`
+    with its own :math:`z_i`; otherwise uniformly with replacement). The model's
+    parameters cannot be trained from a bank.
+
+    One :meth:`~pyro.infer.SVI.step` updates guide, model and discriminators
+    together (one backward); discriminators live in the param store as
+    ``discriminator_<group>``. ``svi.step`` returns the **divergence estimate**
+    (the variational lower bound of the chosen divergence between the two joints,
+    e.g. of :math:`KL(q(x,z) \| p(x,z))`; it includes :math:`KL(p_D \| p)`, so it
+    does not go to zero on a finite data set). :attr:`stats` keeps the last step's
+    ``loss`` (= ``divergence``), ``generator_loss``, ``discriminator_loss``,
+    ``discriminator_accuracy_real`` (simulated pairs), ``discriminator_accuracy_fake``
+    (guide pairs) and ``divergence``.
+
+    Example (thesis section 4.2.1, amortized over the prior predictive)::
+
+        encoder = ImplicitEncoder(1, 2, noise_dim=3, hidden_dims=(20, 20, 20),
+                                  activation="tanh", context_transform=torch.log1p)
+        guide = amortized_guide(encoder)
+        bank = simulate(exponential_model, 1, num_data=100_000)
+        ali = Trace_ALI(simulations=bank, context_transform=torch.log1p)
+        svi = SVI(exponential_model, guide, pyro.optim.Adam({"lr": 1e-3}), ali)
+        for step in range(3000):
+            svi.step(bank["x"][0], subsample_size=256)
+        z = encoder(torch.tensor([[30.0]])).sample((1000,))
+
+    :param divergence: a name from :data:`~pyro_adv.infer.divergences.DIVERGENCES`
+        (default ``"reverse_kl"``, the thesis's loss) or a
+        :class:`~pyro_adv.infer.divergences.Divergence`.
+    :param int num_particles: vectorized guide draws (and simulations) per step;
+        ``None`` (default) means 64 when the guide has global latents and 1
+        otherwise (each plate element is already one pair).
+    :param dict simulations: a bank from :func:`simulate` to train from instead
+        of running the model forward (``None``: fresh simulations every step). It
+        may be replaced between steps.
+    :param discriminator: ``None`` for a :class:`~pyro_adv.nn.PairDiscriminator`
+        per group, an ``nn.Module`` called as ``T(x, z)`` on rows (models with one
+        group), or a factory ``key -> nn.Module``.
+    :param callable context_transform: applied to the observed values the
+        discriminator sees, on both sides (e.g. ``torch.log1p`` for positive
+        heavy-tailed data); a bijection leaves the divergence unchanged.
+    :param tuple discriminator_hidden_dims: hidden widths of the default discriminator.
+    :param discriminator_activation: its hidden activation.
+    :param int max_plate_nesting: bound on nested plates (guessed if omitted).
+    :param int discriminator_steps: discriminator updates per step (default 1).
+    :param pyro.optim.PyroOptim discriminator_optim: optimizer of the extra updates.
+    :param str discriminator_prefix: param-store prefix of the discriminators.
+    """
+
+    def __init__(
+        self,
+        divergence="reverse_kl",
+        num_particles=None,
+        simulations=None,
+        discriminator=None,
+        context_transform=None,
+        discriminator_hidden_dims=(64, 64),
+        discriminator_activation="elu",
+        max_plate_nesting=float("inf"),
+        discriminator_steps=1,
+        discriminator_optim=None,
+        discriminator_prefix="discriminator",
+    ):
+        if num_particles is not None and (int(num_particles) != num_particles or num_particles < 1):
+            raise ValueError(
+                f"Trace_ALI: num_particles must be None or a positive integer, got {num_particles}"
+            )
+        if not (discriminator is None or callable(discriminator)):
+            raise TypeError(
+                "Trace_ALI: discriminator must be None, an nn.Module or a factory "
+                f"key -> nn.Module, got {discriminator!r}"
+            )
+        if context_transform is not None and not callable(context_transform):
+            raise TypeError(
+                f"Trace_ALI: context_transform must be callable, got {context_transform!r}"
+            )
+        self.divergence = get_divergence(divergence)
+        super().__init__(
+            num_particles=1 if num_particles is None else int(num_particles),
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=True,
+            discriminator_steps=discriminator_steps,
+            discriminator_optim=discriminator_optim,
+            discriminator_prefix=discriminator_prefix,
+        )
+        self._choose_particles = num_particles is None
+        self._global_data = None  # a fingerprint of the last step's data (global groups)
+        self._warned_fixed_data = False
+        self.simulations = simulations
+        self.discriminator_spec = discriminator
+        self.context_transform = context_transform
+        self.discriminator_hidden_dims = tuple(discriminator_hidden_dims)
+        self.discriminator_activation = discriminator_activation
+
+    @property
+    def simulations(self):
+        """The simulation bank (``None``: simulate afresh every step)."""
+        return self._simulations
+
+    @simulations.setter
+    def simulations(self, bank):
+        self._simulations = _check_bank(bank)
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare(self, model, guide, args, kwargs):
+        if self._choose_particles:
+            self._choose_particles = False
+            with poutine.block():
+                trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            if any(_is_global(site) for site in _sample_sites(trace)):
+                self.num_particles = GLOBAL_PARTICLES
+                if self.max_plate_nesting != float("inf"):
+                    self.max_plate_nesting += 1  # room for the particle plate, as Pyro's ELBO
+        super()._prepare(model, guide, args, kwargs)
+
+    # ------------------------------------------------------------------ traces
+    def _traces(self, model, guide, args, kwargs):
+        guide_trace = poutine.trace(self._vectorized_num_particles(guide)).get_trace(
+            *args, **kwargs
+        )
+        model_trace = poutine.trace(
+            poutine.replay(self._vectorized_num_particles(model), trace=guide_trace)
+        ).get_trace(*args, **kwargs)
+        return guide_trace, model_trace
+
+    def _observed(self, model_trace):
+        name = type(self).__name__
+        observed, factors = [], []
+        for site_name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
+                continue
+            if site_is_factor(site):
+                factors.append(site_name)
+                continue
+            observed.append(site_name)
+        if factors:
+            warnings.warn(
+                f"{name} ignores pyro.factor statements {factors}: it compares simulated "
+                "and observed pairs and scores no density"
+            )
+        if not observed:
+            raise ValueError(
+                f"{name}: the model has no observed site. Trace_ALI pairs observed values "
+                "with latents: pass the data to the model (svi.step(data)) and observe it "
+                "with pyro.sample(name, fn, obs=data)."
+            )
+        return observed
+
+    def _check_guide(self, guide_trace, latents):
+        for site_name in latents:
+            fn = guide_trace.nodes[site_name]["fn"]
+            if not getattr(fn, "has_rsample", False) and _needs_grad(fn):
+                raise ValueError(
+                    f"{type(self).__name__}: guide site '{site_name}' "
+                    f"({type(unwrap(fn)[0]).__name__}) is not reparameterizable; Trace_ALI "
+                    "trains the guide through its samples (pathwise gradients)."
+                )
+
+    def _simulated(self, model, guide_trace, model_trace, names, args, kwargs):
+        """The model run forward (prior latents, simulated observations) on this step's plates."""
+        name = type(self).__name__
+        indices = poutine.Trace()
+        for trace in (guide_trace, model_trace):
+            for site_name, site in trace.nodes.items():
+                if site_is_subsample(site) and site_name not in indices.nodes:
+                    indices.add_node(site_name, **site)
+        simulator = poutine.uncondition(poutine.replay(model, trace=indices))
+        trace = poutine.trace(self._vectorized_num_particles(simulator)).get_trace(*args, **kwargs)
+        for site_name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            fn = site["fn"]
+            if not getattr(fn, "has_rsample", False) and _needs_grad(fn):
+                kind = "observed" if site["infer"].get("was_observed") else "latent"
+                raise ValueError(
+                    f"{name}: {kind} site '{site_name}' ({type(unwrap(fn)[0]).__name__}) is "
+                    f"not reparameterizable, but its parameters need gradients. {_REPARAM_HINT}"
+                )
+        nodes = OrderedDict()
+        for site_name in names:
+            if site_name not in trace.nodes:
+                raise ValueError(f"{name}: site '{site_name}' was not simulated by the model")
+            site = dict(trace.nodes[site_name])
+            site["is_observed"] = model_trace.nodes[site_name]["is_observed"]
+            nodes[site_name] = site
+        return _Nodes(nodes)
+
+    def _from_bank(self, guide_trace, model_trace, names):
+        """This step's simulated pairs drawn from the bank, in the layout of a forward run."""
+        name = type(self).__name__
+        model_params = [
+            n
+            for n, site in model_trace.nodes.items()
+            if site["type"] == "param" and n not in guide_trace.nodes
+        ]
+        if model_params:
+            raise ValueError(
+                f"{name}: the model has parameters {model_params}, but a simulation bank "
+                "was drawn once and cannot train them; drop simulations= to simulate "
+                "afresh every step (full ALI), or fix the parameters."
+            )
+        bank = self.simulations
+        num_sims = next(iter(bank.values())).shape[0]
+        particles = self.num_particles
+        nesting = self.max_plate_nesting
+        device = next(iter(bank.values())).device
+        sims = torch.randint(num_sims, (particles,), device=device)
+        subsample = {
+            site_name: site["value"]
+            for trace in (guide_trace, model_trace)
+            for site_name, site in trace.nodes.items()
+            if site_is_subsample(site)
+        }
+        plate_indices = {}
+        nodes = OrderedDict()
+        for site_name in names:
+            if site_name not in bank:
+                raise ValueError(
+                    f"{name}: the simulation bank has no site '{site_name}' (it has "
+                    f"{sorted(bank)}); build it with pyro_adv.infer.simulate(model, ...)"
+                )
+            site = model_trace.nodes[site_name]
+            event_dim = site["fn"].event_dim
+            value = bank[site_name][sims]
+            batch_dims = value.dim() - 1 - event_dim
+            frames = _frames(site)
+            needed = max([-f.dim for f in frames], default=0)
+            if batch_dims < needed or batch_dims > nesting - (particles > 1):
+                raise ValueError(
+                    f"{name}: bank entry '{site_name}' has shape {tuple(bank[site_name].shape)}, "
+                    f"which does not fit the site's plates {[f.name for f in frames]}; "
+                    "build the bank with simulate(model, num_simulations, *args, **kwargs)"
+                )
+            for frame in frames:
+                pos = 1 + batch_dims + frame.dim
+                idx = self._plate_indices(frame, value.shape[pos], subsample, plate_indices)
+                if idx is None:
+                    continue
+                idx = idx.to(value.device)
+                shape = [1] * value.dim()
+                shape[0], shape[pos] = particles, idx.shape[-1]
+                index = idx.reshape(shape).expand(
+                    value.shape[:pos] + idx.shape[-1:] + value.shape[pos + 1 :]
+                )
+                value = value.gather(pos, index)
+            expected = site["value"].shape[site["value"].dim() - event_dim :]
+            if value.shape[value.dim() - event_dim :] != expected:
+                raise ValueError(
+                    f"{name}: bank entry '{site_name}' has event shape "
+                    f"{tuple(value.shape[value.dim() - event_dim :])}, but the site's values "
+                    f"have event shape {tuple(expected)}"
+                )
+            if particles > 1:
+                value = value.reshape(
+                    (particles,) + (1,) * (nesting - 1 - batch_dims) + value.shape[1:]
+                )
+            else:
+                value = value[0]
+            nodes[site_name] = dict(site, value=value)
+        return _Nodes(nodes)
+
+    def _plate_indices(self, frame, bank_size, subsample, cache):
+        """Indices into a bank plate for this step's elements, shared by all its sites."""
+        if frame.name in cache:
+            size, idx = cache[frame.name]
+            if size != bank_size:
+                raise ValueError(
+                    f"{type(self).__name__}: plate '{frame.name}' has {size} elements in one "
+                    f"bank entry and {bank_size} in another"
+                )
+            return idx
+        particles = self.num_particles
+        if frame.name in subsample and frame.full_size == bank_size:
+            idx = subsample[frame.name].reshape(1, -1)
+            if particles > 1:
+                # the first particle pairs with the data minibatch; the others add new pairs
+                extra = torch.randint(bank_size, (particles - 1, idx.shape[-1]))
+                idx = torch.cat([idx, extra.to(idx.device)])
+        elif frame.size == bank_size:
+            idx = None
+        elif frame.size < bank_size:
+            idx = torch.randint(bank_size, (particles, frame.size))
+        else:
+            raise ValueError(
+                f"{type(self).__name__}: plate '{frame.name}' has {frame.size} elements in "
+                f"this step, but the bank's simulations have only {bank_size}"
+            )
+        cache[frame.name] = (bank_size, idx)
+        return idx
+
+    # ---------------------------------------------------------------- features
+    def _latents(self, group, nodes, guide_trace, model_trace, real):
+        """Unconstrained latents of a group in padded layout (one row per particle if global)."""
+        nesting = self.max_plate_nesting
+        parts = []
+        for site_name in group.names:
+            model_site = model_trace.nodes[site_name]
+            if real:
+                site = nodes.nodes[site_name]
+                u, u_event_dim, _ = unconstrained({"value": site["value"], "fn": site["fn"]}, site)
+            else:
+                u, u_event_dim, _ = unconstrained(guide_trace.nodes[site_name], model_site)
+            parts.append(flat_features(u, u_event_dim, nesting))
+        u = _cat(parts, nesting)
+        if not group.is_local:
+            u = u.reshape(self._lead(), -1)
+        return u
+
+    def _lead(self):
+        return self.num_particles if self.num_particles > 1 else 1
+
+    def _all_observed(self, nodes, observed, dtype):
+        """All observed values flattened, one row per particle."""
+        nesting, lead = self.max_plate_nesting, self._lead()
+        parts = []
+        for site_name in observed:
+            site = nodes.nodes[site_name]
+            value = flat_features(site["value"], site["fn"].event_dim, nesting)
+            first = value.shape[0] if lead > 1 else 1
+            parts.append(value.reshape(first, -1).to(dtype).expand(lead, -1))
+        return torch.cat(parts, -1)
+
+    def _pairs(self, group, u, nodes, observed, globals_u):
+        """Rows ``(x, z)`` of one group: observed features (+ global latents) and latents."""
+        nesting = self.max_plate_nesting
+        if not group.is_local:
+            x = self._all_observed(nodes, observed, u.dtype)
+            if self.context_transform is not None:
+                x = self.context_transform(x)
+            return x, u
+        particle_dim = 0 if self.num_particles > 1 else None
+        context = context_features(nodes, group, nesting, particle_dim)
+        if context is None:
+            raise ValueError(
+                f"{type(self).__name__}: no observed site shares the plates "
+                f"{[f.name for f in group.frames]} of latents {group.names}; Trace_ALI pairs "
+                "plate-local latents with the observations of their plate element."
+            )
+        context = context.to(u.dtype)
+        if self.context_transform is not None:
+            context = self.context_transform(context)
+        parts = [context]
+        if globals_u is not None:
+            shape = (globals_u.shape[0],) + (1,) * (nesting - 1) if nesting else ()
+            parts.append(globals_u.reshape(shape + globals_u.shape[-1:]))
+        x = _cat(parts + [u], nesting)
+        x = x.reshape(-1, x.shape[-1])
+        return x[:, : x.shape[-1] - u.shape[-1]], x[:, x.shape[-1] - u.shape[-1] :]
+
+    def _check_data_varies(self, group, x_fake):
+        if self._warned_fixed_data or not x_fake.numel():
+            return
+        fingerprint = x_fake[0].detach().double().sum().item(), x_fake[0].shape
+        if fingerprint == self._global_data:
+            self._warned_fixed_data = True
+            warnings.warn(
+                f"{type(self).__name__}: the global latents {group.names} are paired with the "
+                "same observed data set at every step. ALI cannot infer global latents of one "
+                "fixed data set: the discriminator separates it from every simulation by x "
+                "alone and the guide collapses. Amortize over simulated data sets (a plate over "
+                "data sets makes the latents plate-local), or use TraceAVB_ELBO when the "
+                "likelihood can be evaluated.",
+                stacklevel=5,
+            )
+        self._global_data = fingerprint
+
+    # ----------------------------------------------------------------- players
+    def _factory(self, key):
+        spec = self.discriminator_spec
+        if spec is None:
+            return lambda: PairDiscriminator(
+                self.discriminator_hidden_dims, self.discriminator_activation
+            )
+        if isinstance(spec, nn.Module):
+            return lambda: spec
+        return lambda: spec(key)
+
+    def _discriminator(self, key, x, z):
+        key = _module_key(key)
+        if key not in self.discriminators:
+            module = self._factory(key)()
+            example = torch.cat([x, z], -1).detach()
+            if hasattr(module, "initialize"):
+                module.initialize(example)  # lazily sized; standardization from this batch
+            else:
+                with torch.no_grad():
+                    module(x.detach(), z.detach())
+            self.discriminators[key] = module
+        return self.discriminator(key, None, None)
+
+    def _losses(self, model, guide, args, kwargs):
+        name = type(self).__name__
+        guide_trace, model_trace = self._traces(model, guide, args, kwargs)
+        latents = check_latents(model_trace, guide_trace, name)
+        if not latents:
+            raise ValueError(
+                f"{name}: the model has no latent site; to fit a simulator to data without "
+                "latents use pyro_adv.infer.Trace_GAN"
+            )
+        self._check_guide(guide_trace, latents)
+        observed = self._observed(model_trace)
+        groups = _group_latents(guide_trace, latents)
+        if isinstance(self.discriminator_spec, nn.Module) and len(groups) > 1:
+            raise ValueError(
+                f"{name}: one discriminator module was given but the guide has {len(groups)} "
+                f"groups of latents ({list(groups)}); pass a factory key -> nn.Module instead"
+            )
+        names = observed + latents
+        if self.simulations is None:
+            real_nodes = self._simulated(model, guide_trace, model_trace, names, args, kwargs)
+        else:
+            real_nodes = self._from_bank(guide_trace, model_trace, names)
+        fake_nodes = _Nodes(OrderedDict((n, model_trace.nodes[n]) for n in names))
+
+        # global latents first: plate-local pairs also see them
+        order = sorted(groups.values(), key=lambda g: g.is_local)
+        globals_u = {"real": None, "fake": None}
+        g_loss = d_loss = estimate = penalty = 0.0
+        acc_real, acc_fake = [], []
+        for group in order:
+            sides = {}
+            for side, nodes in (("real", real_nodes), ("fake", fake_nodes)):
+                u = self._latents(group, nodes, guide_trace, model_trace, side == "real")
+                sides[side] = self._pairs(group, u, nodes, observed, globals_u[side])
+            if not group.is_local:
+                for side in sides:
+                    u = sides[side][1]
+                    prev = globals_u[side]
+                    globals_u[side] = u if prev is None else torch.cat([prev, u], -1)
+            (x_real, z_real), (x_fake, z_fake) = sides["real"], sides["fake"]
+            if not group.is_local:
+                self._check_data_varies(group, x_fake)
+            disc = self._discriminator(
+                group.key, torch.cat([x_real, x_fake]), torch.cat([z_real, z_fake])
+            )
+            real_logits = disc(x_real.detach(), z_real.detach())
+            fake_logits = disc(x_fake.detach(), z_fake.detach())
+            width = x_real.shape[-1]
+            with torch.enable_grad():  # the gradient penalty differentiates the critic
+                group_penalty = self.divergence.penalty(
+                    lambda pair, disc=disc, width=width: disc(pair[..., :width], pair[..., width:]),
+                    torch.cat([x_real, z_real], -1).detach(),
+                    torch.cat([x_fake, z_fake], -1).detach(),
+                )
+            d_loss = d_loss + self.divergence.discriminator_loss(real_logits, fake_logits)
+            d_loss = d_loss + group_penalty
+            penalty = penalty + group_penalty.detach()
+            frozen = self.frozen(disc)
+            # full ALI: the model's parameters reach the loss through the simulated pairs
+            model_side = x_real.requires_grad or z_real.requires_grad
+            g_loss = g_loss + self.divergence.generator_loss(
+                frozen(x_fake, z_fake), frozen(x_real, z_real) if model_side else None
+            )
+            estimate = estimate + self.divergence.estimate(real_logits, fake_logits).detach()
+            a_real, a_fake = self.divergence.accuracy(real_logits, fake_logits)
+            acc_real.append(a_real)
+            acc_fake.append(a_fake)
+        stats = {
+            "loss": estimate.item(),
+            "generator_loss": g_loss.item(),
+            "discriminator_loss": d_loss.item(),
+            "discriminator_accuracy_real": sum(acc_real) / len(acc_real),
+            "discriminator_accuracy_fake": sum(acc_fake) / len(acc_fake),
+            "divergence": estimate.item(),
+        }
+        if isinstance(self.divergence, Wasserstein):
+            stats["gradient_penalty"] = penalty.item()
+        return estimate, g_loss, d_loss, stats
+
+
+class _Nodes:
+    """A stand-in for a trace: just the ``nodes`` that feature builders read."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+
+def _sample_sites(trace):
+    return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+
+
+def _frames(site):
+    return tuple(f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE)
+
+
+def _is_global(site):
+    if site["is_observed"]:
+        return False
+    base = unwrap(site["fn"])[0]
+    return not _frames(site) or (isinstance(base, ImplicitValue) and base.joint is not None)
+
+
+def _group_latents(guide_trace, latents):
+    """
+    Every latent (implicit or not: ALI scores no density) grouped as in
+    :func:`pyro_adv.infer.util.group_implicit_sites`: joint draws together, others
+    by their plates (``"global"`` outside every plate).
+    """
+    groups = OrderedDict()
+    for name in latents:
+        site = guide_trace.nodes[name]
+        base = unwrap(site["fn"])[0]
+        frames = _frames(site)
+        if isinstance(base, ImplicitValue) and base.joint is not None:
+            key, joint = f"joint_{base.joint}", base.joint
+        else:
+            key = "global" if not frames else "_".join(f.name for f in frames)
+            joint = None
+        group = groups.setdefault(key, LatentGroup(key, frames, joint))
+        group.names.append(name)
+    return groups
+
+
+def _check_bank(bank):
+    if bank is None:
+        return None
+    if not isinstance(bank, dict) or not bank:
+        raise TypeError(
+            "Trace_ALI: simulations must be a non-empty dict {site name: tensor} as returned "
+            f"by pyro_adv.infer.simulate, got {type(bank).__name__}"
+        )
+    sizes = set()
+    for key, value in bank.items():
+        if not torch.is_tensor(value) or value.dim() < 1:
+            raise TypeError(
+                f"Trace_ALI: simulations['{key}'] must be a tensor with a leading simulation "
+                f"dim, got {value!r}"
+            )
+        sizes.add(value.shape[0])
+    if len(sizes) > 1:
+        raise ValueError(
+            "Trace_ALI: every entry of simulations must have the same number of simulations "
+            f"(leading dim); got {sorted(sizes)}"
+        )
+    return {key: value.detach() for key, value in bank.items()}
+
+
+def _needs_grad(fn):
+    base = unwrap(fn)[0]
+    return any(torch.is_tensor(v) and v.requires_grad for v in vars(base).values())
+
+
+def _cat(parts, nesting):
+    shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))
+    return torch.cat([p.expand(shape + p.shape[nesting:]) for p in parts], -1)
+
+
+def _module_key(key):
+    # torch module names cannot contain dots
+    return re.sub(r"\W", "_", key)
