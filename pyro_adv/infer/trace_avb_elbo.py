@@ -194,7 +194,7 @@ class TraceAVB_ELBO(AdversarialObjective):
             lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
             log_q_explicit = log_q_explicit + particle_sum(lp, nesting, particle_dim)
 
-        d_losses, kl_terms, acc_real, acc_fake = [], 0.0, [], []
+        d_losses, acc_real, acc_fake = [], [], []
         log_q_implicit = 0.0
         for group in groups.values():
             us, ladj = [], 0.0
@@ -228,7 +228,6 @@ class TraceAVB_ELBO(AdversarialObjective):
             d_losses.append(d_loss)
             acc_real.append(accs[0])
             acc_fake.append(accs[1])
-            kl_terms = kl_terms + log_q - ladj
 
         # log q for implicit groups: adaptive contrast gives log q_u = T + log r_u and the
         # model term above includes log p(z); plain AVB gives T = log q_u - log p_u and the
@@ -249,9 +248,9 @@ class TraceAVB_ELBO(AdversarialObjective):
             for site_name in implicit:
                 site = model_trace.nodes[site_name]
                 log_prior = log_prior + particle_sum(site["log_prob"], nesting, particle_dim)
-            stats["kl"] = _mean(kl_terms - log_prior).item()
+            stats["kl"] = _mean(log_q_implicit - log_prior).item()
         elif groups:
-            stats["kl"] = _mean(kl_terms).item()
+            stats["kl"] = _mean(log_q_implicit).item()
         self._last_log_weights = elbo_particles.detach()
         return loss, loss, d_loss, stats
 
