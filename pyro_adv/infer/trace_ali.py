@@ -129,9 +129,10 @@ class Trace_ALI(AdversarialObjective):
     ``divergence="reverse_kl"`` the discriminator minimizes
     :math:`\mathcal{L}^D = -\mathbb{E}_p[-e^{-v}] + \mathbb{E}_q[v - 1]` (the f-GAN
     bound of :math:`KL(q \| p)`, whose optimum is :math:`v^* = \log p(x,z)/q(x,z)`;
-    the thesis writes it with the sigmoid output :math:`D = \sigma(-v)` and the
-    cross-entropy :math:`-\mathbb{E}_q \log D - \mathbb{E}_p \log(1 - D)`, which has
-    the same optimum) and the guide minimizes the thesis's
+    the thesis trains the sigmoid output :math:`D = \sigma(-v)`, the probability of
+    a guide pair, by the cross-entropy :math:`-\mathbb{E}_q \log D -
+    \mathbb{E}_p \log(1 - D)`, which has the same optimum) and the guide minimizes
+    the thesis's
 
     .. math::
 
@@ -180,9 +181,10 @@ class Trace_ALI(AdversarialObjective):
     estimation): with ``simulations=simulate(model, S, ...)`` no model is run
     forward during training; each step draws ``num_particles`` simulations from
     the bank and, inside them, as many plate elements as the data minibatch (the
-    minibatch's own indices where the plate has the bank's size, so that
-    ``svi.step(bank["x"][0], subsample_size=B)`` pairs each simulated :math:`x_i`
-    with its own :math:`z_i`; otherwise uniformly with replacement). The model's
+    minibatch's own indices where the plate has the bank's size, so that with a
+    bank of one simulation ``svi.step(bank["x"][0], subsample_size=B)`` pairs each
+    data :math:`x_i` with its own simulated :math:`z_i`, which halves the
+    discriminator's work; otherwise uniformly with replacement). The model's
     parameters cannot be trained from a bank.
 
     One :meth:`~pyro.infer.SVI.step` updates guide, model and discriminators
@@ -195,17 +197,19 @@ class Trace_ALI(AdversarialObjective):
     ``discriminator_accuracy_real`` (simulated pairs), ``discriminator_accuracy_fake``
     (guide pairs) and ``divergence``.
 
-    Example (thesis section 4.2.1, amortized over the prior predictive)::
+    Example (thesis section 4.2.1, amortized over the prior predictive; see
+    ``examples/exponential_posterior.py`` for the full recipe)::
 
         encoder = ImplicitEncoder(1, 2, noise_dim=3, hidden_dims=(20, 20, 20),
                                   activation="tanh", context_transform=torch.log1p)
-        guide = amortized_guide(encoder)
-        bank = simulate(exponential_model, 1, num_data=100_000)
+        bank = simulate(exponential_model, 1, num_data=100_000)   # (z, x) pairs, once
         ali = Trace_ALI(simulations=bank, context_transform=torch.log1p)
-        svi = SVI(exponential_model, guide, pyro.optim.Adam({"lr": 1e-3}), ali)
-        for step in range(3000):
-            svi.step(bank["x"][0], subsample_size=256)
-        z = encoder(torch.tensor([[30.0]])).sample((1000,))
+        optim = two_timescale_adam(3e-3, discriminator_lr=1.2e-2, num_steps=2500,
+                                   decay=0.05, betas=(0.5, 0.9))
+        svi = SVI(exponential_model, amortized_guide(encoder), optim, ali)
+        for step in range(2500):
+            svi.step(bank["x"][0], subsample_size=512)
+        z = encoder(torch.tensor([1.0])).sample((1000,))           # (1000, 2) draws of q(z | x=1)
 
     :param divergence: a name from :data:`~pyro_adv.infer.divergences.DIVERGENCES`
         (default ``"reverse_kl"``, the thesis's loss) or a
