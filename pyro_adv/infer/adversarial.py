@@ -19,6 +19,8 @@ import torch
 from pyro.infer.elbo import ELBO
 from torch.func import functional_call
 
+from pyro_adv.infer.divergences import Wasserstein
+
 __all__ = ["AdversarialObjective", "NonFiniteLossError", "is_discriminator_param"]
 
 #: Default prefix of discriminator modules in the param store.
@@ -106,6 +108,20 @@ class AdversarialObjective(ELBO):
         """``module`` with its parameters detached: gradients reach its inputs only."""
         params = {name: p.detach() for name, p in module.named_parameters()}
         return lambda *inputs: functional_call(module, params, inputs)
+
+    def _game_stats(self, estimate, g_loss, d_loss, acc_real, acc_fake, penalty):
+        """The statistics of a two-sample game (GAN, ALI) as kept in :attr:`stats`."""
+        stats = {
+            "loss": estimate.item(),
+            "generator_loss": g_loss.item(),
+            "discriminator_loss": d_loss.item(),
+            "discriminator_accuracy_real": sum(acc_real) / len(acc_real),
+            "discriminator_accuracy_fake": sum(acc_fake) / len(acc_fake),
+            "divergence": estimate.item(),
+        }
+        if isinstance(getattr(self, "divergence", None), Wasserstein):
+            stats["gradient_penalty"] = penalty.item()
+        return stats
 
     def _check_finite(self, what, value):
         if not torch.isfinite(value).all():

@@ -15,13 +15,13 @@ from torch import nn
 
 from pyro_adv.distributions.implicit import ImplicitValue, unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
-from pyro_adv.infer.divergences import Wasserstein, get_divergence
+from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.util import (
     PARTICLE_PLATE,
-    LatentGroup,
     check_latents,
     context_features,
     flat_features,
+    group_implicit_sites,
     unconstrained,
 )
 from pyro_adv.nn.discriminators import PairDiscriminator
@@ -586,7 +586,7 @@ class Trace_ALI(AdversarialObjective):
             )
         self._check_guide(guide_trace, latents)
         observed = self._observed(model_trace)
-        groups = _group_latents(guide_trace, latents)
+        groups = group_implicit_sites(guide_trace, latents, implicit_only=False)
         if isinstance(self.discriminator_spec, nn.Module) and len(groups) > 1:
             raise ValueError(
                 f"{name}: one discriminator module was given but the guide has {len(groups)} "
@@ -642,16 +642,7 @@ class Trace_ALI(AdversarialObjective):
             a_real, a_fake = self.divergence.accuracy(real_logits, fake_logits)
             acc_real.append(a_real)
             acc_fake.append(a_fake)
-        stats = {
-            "loss": estimate.item(),
-            "generator_loss": g_loss.item(),
-            "discriminator_loss": d_loss.item(),
-            "discriminator_accuracy_real": sum(acc_real) / len(acc_real),
-            "discriminator_accuracy_fake": sum(acc_fake) / len(acc_fake),
-            "divergence": estimate.item(),
-        }
-        if isinstance(self.divergence, Wasserstein):
-            stats["gradient_penalty"] = penalty.item()
+        stats = self._game_stats(estimate, g_loss, d_loss, acc_real, acc_fake, penalty)
         return estimate, g_loss, d_loss, stats
 
 
@@ -675,27 +666,6 @@ def _is_global(site):
         return False
     base = unwrap(site["fn"])[0]
     return not _frames(site) or (isinstance(base, ImplicitValue) and base.joint is not None)
-
-
-def _group_latents(guide_trace, latents):
-    """
-    Every latent (implicit or not: ALI scores no density) grouped as in
-    :func:`pyro_adv.infer.util.group_implicit_sites`: joint draws together, others
-    by their plates (``"global"`` outside every plate).
-    """
-    groups = OrderedDict()
-    for name in latents:
-        site = guide_trace.nodes[name]
-        base = unwrap(site["fn"])[0]
-        frames = _frames(site)
-        if isinstance(base, ImplicitValue) and base.joint is not None:
-            key, joint = f"joint_{base.joint}", base.joint
-        else:
-            key = "global" if not frames else "_".join(f.name for f in frames)
-            joint = None
-        group = groups.setdefault(key, LatentGroup(key, frames, joint))
-        group.names.append(name)
-    return groups
 
 
 def _check_bank(bank):

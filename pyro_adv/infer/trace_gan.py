@@ -11,7 +11,7 @@ from torch import nn
 
 from pyro_adv.distributions.implicit import unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
-from pyro_adv.infer.divergences import Wasserstein, get_divergence
+from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.util import PARTICLE_PLATE, pad_batch
 from pyro_adv.nn.discriminators import Discriminator
 
@@ -430,16 +430,7 @@ class Trace_GAN(AdversarialObjective):
             a_real, a_fake = self.divergence.accuracy(real_logits, fake_logits)
             acc_real.append(a_real)
             acc_fake.append(a_fake)
-        stats = {
-            "loss": estimate.item(),
-            "generator_loss": g_loss.item(),
-            "discriminator_loss": d_loss.item(),
-            "discriminator_accuracy_real": sum(acc_real) / len(acc_real),
-            "discriminator_accuracy_fake": sum(acc_fake) / len(acc_fake),
-            "divergence": estimate.item(),
-        }
-        if isinstance(self.divergence, Wasserstein):
-            stats["gradient_penalty"] = penalty.item()
+        stats = self._game_stats(estimate, g_loss, d_loss, acc_real, acc_fake, penalty)
         return estimate, g_loss, d_loss, stats
 
 

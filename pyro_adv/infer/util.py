@@ -141,12 +141,16 @@ def check_latents(model_trace, guide_trace, objective_name):
     return latents
 
 
-def group_implicit_sites(guide_trace, latents):
-    """Returns ``OrderedDict[key, LatentGroup]`` of the guide's implicit latent sites."""
+def group_implicit_sites(guide_trace, latents, implicit_only=True):
+    """
+    Returns ``OrderedDict[key, LatentGroup]`` of the guide's implicit latent sites
+    (of every latent with ``implicit_only=False``, as ALI, which scores no density,
+    needs): joint draws together, others by their plates (``"global"`` outside all).
+    """
     groups = OrderedDict()
     for name in latents:
         site = guide_trace.nodes[name]
-        if not is_implicit(site["fn"]):
+        if implicit_only and not is_implicit(site["fn"]):
             continue
         base = unwrap(site["fn"])[0]
         frames = _frames(site)
