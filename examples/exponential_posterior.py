@@ -48,6 +48,7 @@ from pyro_adv.models import (  # noqa: E402
     exponential_model,
     posterior_summary,
     sample_training_observations,
+    spread_bank,
 )
 from pyro_adv.nn import ImplicitEncoder  # noqa: E402
 from pyro_adv.optim import two_timescale_adam  # noqa: E402
@@ -71,15 +72,6 @@ def make_encoder(args):
         activation=args.activation,
         context_transform=torch.log1p,
     )
-
-
-def spread_bank(bank, num_pairs, bins=16, x_max=60.0):
-    """Resamples a bank's pairs so that log(1 + x) is spread evenly over ``bins`` bins."""
-    log_x = torch.log1p(bank["x"][0])
-    which = (log_x / torch.log1p(torch.tensor(x_max)) * bins).long().clamp(max=bins - 1)
-    weights = (1.0 / torch.bincount(which, minlength=bins).float())[which]
-    rows = torch.multinomial(weights, num_pairs, replacement=True)
-    return {name: value[:, rows] for name, value in bank.items()}
 
 
 def train_ali(args):

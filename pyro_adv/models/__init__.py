@@ -11,6 +11,7 @@ from pyro_adv.models.exponential import (
     posterior_summary,
     sample_prior_predictive,
     sample_training_observations,
+    spread_bank,
 )
 from pyro_adv.models.gan_targets import (
     exact_divergence_optimum,
@@ -25,6 +26,7 @@ __all__ = [
     "PRIOR_VARIANCE",
     "amortized_guide",
     "sample_training_observations",
+    "spread_bank",
     "exact_posterior_moments",
     "exact_posterior_sample",
     "exponential_log_joint",

@@ -15,6 +15,7 @@ from pyro_adv.models import (
     exact_posterior_moments,
     exponential_model,
     posterior_summary,
+    spread_bank,
 )
 from pyro_adv.nn import ImplicitEncoder, PairDiscriminator
 from pyro_adv.optim import two_timescale_adam
@@ -33,20 +34,6 @@ def gan_adam(lr, steps, discriminator_ratio):
         decay=0.05,
         betas=(0.5, 0.9),
     )
-
-
-def spread_bank(bank, num_samples, bins=16, x_max=60.0):
-    """
-    Resamples the plate elements of a prior-predictive bank so that log(1 + x) is spread
-    evenly over ``bins`` bins up to ``x_max``. The weights depend on x alone, so the pairs
-    still follow p(z | x) and ALI's optimum is unchanged, while x near 30 (1.5% of the
-    prior predictive) gets about as many pairs as x near 1.
-    """
-    log_x = torch.log1p(bank["x"][0])
-    which = (log_x / torch.log1p(torch.tensor(x_max)) * bins).long().clamp(max=bins - 1)
-    weights = (1.0 / torch.bincount(which, minlength=bins).float())[which]
-    rows = torch.multinomial(weights, num_samples, replacement=True)
-    return {name: value[:, rows] for name, value in bank.items()}
 
 
 @pytest.fixture
