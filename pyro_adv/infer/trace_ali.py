@@ -17,11 +17,11 @@ from pyro_adv.distributions.implicit import ImplicitValue, unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
 from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.util import (
-    PARTICLE_PLATE,
     check_latents,
     context_features,
     flat_features,
     group_implicit_sites,
+    plate_frames,
     unconstrained,
 )
 from pyro_adv.nn.discriminators import PairDiscriminator
@@ -75,14 +75,16 @@ def simulate(model, num_simulations, *args, **kwargs):
     simulator = poutine.uncondition(model)
     with torch.no_grad(), poutine.block():
         probe = poutine.trace(simulator).get_trace(*args, **kwargs)
-        nesting = max([-f.dim for site in _sample_sites(probe) for f in _frames(site)], default=0)
+        nesting = max(
+            [-f.dim for site in _sample_sites(probe) for f in plate_frames(site)], default=0
+        )
         runs = pyro.plate(_SIMULATION_PLATE, num_simulations, dim=-(nesting + 1))(simulator)
         trace = poutine.trace(runs).get_trace(*args, **kwargs)
     bank = OrderedDict()
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site) or site_is_factor(site):
             continue
-        frames = [f for f in _frames(site) if f.name != _SIMULATION_PLATE]
+        frames = [f for f in plate_frames(site) if f.name != _SIMULATION_PLATE]
         batch = max([-f.dim for f in frames], default=0)
         value = site["value"]
         keep = value.dim() - batch - site["fn"].event_dim
@@ -410,7 +412,7 @@ class Trace_ALI(AdversarialObjective):
             event_dim = site["fn"].event_dim
             value = bank[site_name][sims]
             batch_dims = value.dim() - 1 - event_dim
-            frames = _frames(site)
+            frames = plate_frames(site)
             needed = max([-f.dim for f in frames], default=0)
             if batch_dims < needed or batch_dims > nesting - (particles > 1):
                 raise ValueError(
@@ -602,8 +604,7 @@ class Trace_ALI(AdversarialObjective):
         # global latents first: plate-local pairs also see them
         order = sorted(groups.values(), key=lambda g: g.is_local)
         globals_u = {"real": None, "fake": None}
-        g_loss = d_loss = estimate = penalty = 0.0
-        acc_real, acc_fake = [], []
+        totals = {}
         for group in order:
             sides = {}
             for side, nodes in (("real", real_nodes), ("fake", fake_nodes)):
@@ -629,21 +630,14 @@ class Trace_ALI(AdversarialObjective):
                     torch.cat([x_real, z_real], -1).detach(),
                     torch.cat([x_fake, z_fake], -1).detach(),
                 )
-            d_loss = d_loss + self.divergence.discriminator_loss(real_logits, fake_logits)
-            d_loss = d_loss + group_penalty
-            penalty = penalty + group_penalty.detach()
             frozen = self.frozen(disc)
             # full ALI: the model's parameters reach the loss through the simulated pairs
             model_side = x_real.requires_grad or z_real.requires_grad
-            g_loss = g_loss + self.divergence.generator_loss(
+            g_loss = self.divergence.generator_loss(
                 frozen(x_fake, z_fake), frozen(x_real, z_real) if model_side else None
             )
-            estimate = estimate + self.divergence.estimate(real_logits, fake_logits).detach()
-            a_real, a_fake = self.divergence.accuracy(real_logits, fake_logits)
-            acc_real.append(a_real)
-            acc_fake.append(a_fake)
-        stats = self._game_stats(estimate, g_loss, d_loss, acc_real, acc_fake, penalty)
-        return estimate, g_loss, d_loss, stats
+            self._game_add(totals, real_logits, fake_logits, group_penalty, g_loss)
+        return self._game_result(totals)
 
 
 class _Nodes:
@@ -657,15 +651,11 @@ def _sample_sites(trace):
     return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
 
 
-def _frames(site):
-    return tuple(f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE)
-
-
 def _is_global(site):
     if site["is_observed"]:
         return False
     base = unwrap(site["fn"])[0]
-    return not _frames(site) or (isinstance(base, ImplicitValue) and base.joint is not None)
+    return not plate_frames(site) or (isinstance(base, ImplicitValue) and base.joint is not None)
 
 
 def _check_bank(bank):

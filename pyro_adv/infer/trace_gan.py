@@ -12,7 +12,7 @@ from torch import nn
 from pyro_adv.distributions.implicit import unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
 from pyro_adv.infer.divergences import get_divergence
-from pyro_adv.infer.util import PARTICLE_PLATE, pad_batch
+from pyro_adv.infer.util import pad_batch, plate_frames
 from pyro_adv.nn.discriminators import Discriminator
 
 __all__ = ["Trace_GAN"]
@@ -215,7 +215,7 @@ class Trace_GAN(AdversarialObjective):
             if site_is_factor(site):
                 factors.append(site_name)
                 continue
-            frames = _frames(site)
+            frames = plate_frames(site)
             outer = frames[0] if frames else None
             key = outer.name if outer is not None else "global"
             entry = groups.setdefault(key, [outer, [], False])
@@ -258,7 +258,7 @@ class Trace_GAN(AdversarialObjective):
         if not particles:
             value = value.unsqueeze(0)
         batch_dims = value.dim() - fn.event_dim
-        plate_positions = {batch_dims + f.dim for f in _frames(site)}
+        plate_positions = {batch_dims + f.dim for f in plate_frames(site)}
         for pos in range(1, batch_dims):
             if value.shape[pos] > 1 and pos not in plate_positions:
                 raise ValueError(
@@ -407,8 +407,7 @@ class Trace_GAN(AdversarialObjective):
                 f"{len(groups)} groups of observed sites ({list(groups)}); pass a factory "
                 "key -> nn.Module instead"
             )
-        g_loss = d_loss = estimate = penalty = 0.0
-        acc_real, acc_fake = [], []
+        totals = {}
         for key, (outer, names) in groups.items():
             real, fake = self._features(key, outer, names, real_trace, fake_trace, args, kwargs)
             if torch.is_grad_enabled() and not fake.requires_grad:
@@ -422,16 +421,9 @@ class Trace_GAN(AdversarialObjective):
             fake_logits = disc(fake.detach())
             with torch.enable_grad():  # the gradient penalty differentiates the critic
                 group_penalty = self.divergence.penalty(disc, real, fake.detach())
-            d_loss = d_loss + self.divergence.discriminator_loss(real_logits, fake_logits)
-            d_loss = d_loss + group_penalty
-            penalty = penalty + group_penalty.detach()
-            g_loss = g_loss + self.divergence.generator_loss(self.frozen(disc)(fake))
-            estimate = estimate + self.divergence.estimate(real_logits, fake_logits).detach()
-            a_real, a_fake = self.divergence.accuracy(real_logits, fake_logits)
-            acc_real.append(a_real)
-            acc_fake.append(a_fake)
-        stats = self._game_stats(estimate, g_loss, d_loss, acc_real, acc_fake, penalty)
-        return estimate, g_loss, d_loss, stats
+            g_loss = self.divergence.generator_loss(self.frozen(disc)(fake))
+            self._game_add(totals, real_logits, fake_logits, group_penalty, g_loss)
+        return self._game_result(totals)
 
 
 class _EventDim:
@@ -439,10 +431,6 @@ class _EventDim:
 
     def __init__(self, event_dim):
         self.event_dim = event_dim
-
-
-def _frames(site):
-    return tuple(f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE)
 
 
 def _needs_grad(fn):

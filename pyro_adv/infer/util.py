@@ -28,6 +28,7 @@ __all__ = [
     "check_latents",
     "group_implicit_sites",
     "pad_batch",
+    "plate_frames",
     "flat_features",
     "particle_sum",
     "unconstrained",
@@ -36,7 +37,8 @@ __all__ = [
 PARTICLE_PLATE = "num_particles_vectorized"
 
 
-def _frames(site):
+def plate_frames(site):
+    """The vectorized plate frames of a site, the particle plate excluded."""
     return tuple(f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE)
 
 
@@ -153,7 +155,7 @@ def group_implicit_sites(guide_trace, latents, implicit_only=True):
         if implicit_only and not is_implicit(site["fn"]):
             continue
         base = unwrap(site["fn"])[0]
-        frames = _frames(site)
+        frames = plate_frames(site)
         if isinstance(base, ImplicitValue) and base.joint is not None:
             key, joint = f"joint_{base.joint}", base.joint
         else:
@@ -177,7 +179,7 @@ def context_features(model_trace, group, nesting, particle_dim):
     for _, site in model_trace.nodes.items():
         if site["type"] != "sample" or not site["is_observed"]:
             continue
-        frames = _frames(site)
+        frames = plate_frames(site)
         names = {f.name for f in frames}
         if not group_names <= names:
             continue
