@@ -19,6 +19,7 @@ from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
+    depends_on_parameters,
     flat_features,
     group_implicit_sites,
     plate_frames,
@@ -338,7 +339,7 @@ class Trace_ALI(AdversarialObjective):
     def _check_guide(self, guide_trace, latents):
         for site_name in latents:
             fn = guide_trace.nodes[site_name]["fn"]
-            if not getattr(fn, "has_rsample", False) and _needs_grad(fn):
+            if not getattr(fn, "has_rsample", False) and depends_on_parameters(fn):
                 raise ValueError(
                     f"{type(self).__name__}: guide site '{site_name}' "
                     f"({type(unwrap(fn)[0]).__name__}) is not reparameterizable; Trace_ALI "
@@ -359,7 +360,7 @@ class Trace_ALI(AdversarialObjective):
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
             fn = site["fn"]
-            if not getattr(fn, "has_rsample", False) and _needs_grad(fn):
+            if not getattr(fn, "has_rsample", False) and depends_on_parameters(fn):
                 kind = "observed" if site["infer"].get("was_observed") else "latent"
                 raise ValueError(
                     f"{name}: {kind} site '{site_name}' ({type(unwrap(fn)[0]).__name__}) is "
@@ -680,11 +681,6 @@ def _check_bank(bank):
             f"(leading dim); got {sorted(sizes)}"
         )
     return {key: value.detach() for key, value in bank.items()}
-
-
-def _needs_grad(fn):
-    base = unwrap(fn)[0]
-    return any(torch.is_tensor(v) and v.requires_grad for v in vars(base).values())
 
 
 def _cat(parts, nesting):

@@ -12,7 +12,7 @@ from torch import nn
 from pyro_adv.distributions.implicit import unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
 from pyro_adv.infer.divergences import get_divergence
-from pyro_adv.infer.util import pad_batch, plate_frames
+from pyro_adv.infer.util import depends_on_parameters, pad_batch, plate_frames
 from pyro_adv.nn.discriminators import Discriminator
 
 __all__ = ["Trace_GAN"]
@@ -364,7 +364,7 @@ class Trace_GAN(AdversarialObjective):
 
     def _check_reparameterized(self, site_name, site):
         fn = site["fn"]
-        if getattr(fn, "has_rsample", False) or not _needs_grad(fn):
+        if getattr(fn, "has_rsample", False) or not depends_on_parameters(fn):
             return
         raise ValueError(
             f"{type(self).__name__}: observed site '{site_name}' "
@@ -379,7 +379,7 @@ class Trace_GAN(AdversarialObjective):
             if site["infer"].get("was_observed", False) or site["is_observed"]:
                 continue
             fn = site["fn"]
-            if not getattr(fn, "has_rsample", False) and _needs_grad(fn):
+            if not getattr(fn, "has_rsample", False) and depends_on_parameters(fn):
                 raise ValueError(
                     f"{type(self).__name__}: latent site '{site_name}' "
                     f"({type(unwrap(fn)[0]).__name__}) is not reparameterizable, but its "
@@ -431,11 +431,6 @@ class _EventDim:
 
     def __init__(self, event_dim):
         self.event_dim = event_dim
-
-
-def _needs_grad(fn):
-    base = unwrap(fn)[0]
-    return any(torch.is_tensor(v) and v.requires_grad for v in vars(base).values())
 
 
 def _and(a, b):

@@ -27,6 +27,7 @@ __all__ = [
     "LatentGroup",
     "check_latents",
     "group_implicit_sites",
+    "depends_on_parameters",
     "pad_batch",
     "plate_frames",
     "flat_features",
@@ -40,6 +41,12 @@ PARTICLE_PLATE = "num_particles_vectorized"
 def plate_frames(site):
     """The vectorized plate frames of a site, the particle plate excluded."""
     return tuple(f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE)
+
+
+def depends_on_parameters(fn):
+    """Whether a distribution (``to_event``/``mask`` stripped) holds tensors with gradients."""
+    base = unwrap(fn)[0]
+    return any(torch.is_tensor(v) and v.requires_grad for v in vars(base).values())
 
 
 def pad_batch(value, event_dim, nesting):
