@@ -3,19 +3,79 @@ Runs the benchmark tables and writes ``results.json`` and ``report.md``.
 
     python -m benchmarks --suite quick      # tiny budgets, for the smoke test
     python -m benchmarks --suite full       # the numbers the README reports
+    python -m benchmarks --suite full --tables gan,overhead
+
+Each table is one run. Its rows, its Markdown and the run's machine, date and command
+are kept in ``<outdir>/<table>.json``, so tables can be rerun one at a time; the
+report and ``results.json`` are rebuilt from every table file in ``outdir``. A table
+module exposes ``run(quick, seed, outdir) -> (rows, markdown)`` and saves its figures
+into ``outdir`` (the Markdown links them by file name).
 """
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
+import time
 
 import torch
 
-from benchmarks import overhead
+# name -> (title, module); modules are imported on demand so one table's imports
+# never slow down another's run
+TABLES = {
+    "overhead": ("Table 4: overhead of SVI + TraceAVB_ELBO", "overhead"),
+}
 
-TABLES = {"overhead": ("Table 4: overhead of SVI + TraceAVB_ELBO", overhead.run)}
+
+def _machine():
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _load_table_files(outdir):
+    found = {}
+    for name in TABLES:
+        path = os.path.join(outdir, f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                found[name] = json.load(f)
+    return found
+
+
+def write_report(outdir):
+    """Rebuilds ``results.json`` and ``report.md`` from the table files in ``outdir``."""
+    found = _load_table_files(outdir)
+    lines = ["# pyro-adv benchmarks", ""]
+    lines += [
+        "Each table below is one run of `python -m benchmarks`; its machine, date and "
+        "command are stated with it. Rerun a table with the command shown.",
+        "",
+    ]
+    for entry in found.values():
+        lines += [f"## {entry['title']}", ""]
+        lines += [
+            f"*{entry['date']}; {entry['machine']}; suite `{entry['suite']}`, "
+            f"seed {entry['seed']}; {entry['seconds']:.0f} s; "
+            f"`{entry['command']}`*",
+            "",
+            entry["markdown"],
+            "",
+        ]
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(found, f, indent=2)
+    with open(os.path.join(outdir, "report.md"), "w") as f:
+        f.write("\n".join(lines))
+    return found
 
 
 def main(args):
@@ -25,22 +85,33 @@ def main(args):
     unknown = [n for n in names if n not in TABLES]
     if unknown:
         raise SystemExit(f"unknown tables {unknown}; choose from {sorted(TABLES)}")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = f"python -m benchmarks --suite {args.suite} --tables {args.tables}"
-    results = {"machine": machine, "date": stamp, "command": command, "torch": torch.__version__}
-    lines = [f"# pyro-adv benchmarks ({args.suite})", "", f"{stamp}; {machine}; `{command}`", ""]
+    command = f"python -m benchmarks --suite {args.suite} --tables {name_list(names)}"
+    if args.seed:
+        command += f" --seed {args.seed}"
     for name in names:
-        title, fn = TABLES[name]
-        rows, table = fn(quick=quick, seed=args.seed)
-        results[name] = rows
-        lines += [f"## {title}", "", table]
-        print(f"{title}\n{table}")
-    with open(os.path.join(args.outdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(args.outdir, "report.md"), "w") as f:
-        f.write("\n".join(lines))
-    return results
+        title, module_name = TABLES[name]
+        module = importlib.import_module(f"benchmarks.{module_name}")
+        start = time.perf_counter()
+        rows, markdown = module.run(quick=quick, seed=args.seed, outdir=args.outdir)
+        entry = {
+            "title": title,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": _machine(),
+            "suite": args.suite,
+            "seed": args.seed,
+            "seconds": time.perf_counter() - start,
+            "command": command,
+            "rows": rows,
+            "markdown": markdown,
+        }
+        with open(os.path.join(args.outdir, f"{name}.json"), "w") as f:
+            json.dump(entry, f, indent=2)
+        print(f"{title}\n{markdown}", flush=True)
+    return write_report(args.outdir)
+
+
+def name_list(names):
+    return "all" if list(names) == list(TABLES) else ",".join(names)
 
 
 def parse_args(argv=None):

@@ -76,7 +76,7 @@ def _time(step, n):
     return (time.perf_counter() - start) / n, sum(losses) / n
 
 
-def run(quick=False, seed=0):
+def run(quick=False, seed=0, outdir=None):
     """
     :returns: a list of result rows (dicts) and the table's Markdown.
     """
