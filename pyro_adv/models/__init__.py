@@ -19,6 +19,16 @@ from pyro_adv.models.gan_targets import (
     sample_bivariate_normal,
     sample_mixture,
 )
+from pyro_adv.models.sbi_tasks import (
+    GAUSSIAN_LINEAR,
+    NPE_C2ST_10K,
+    OBSERVATION_SEED,
+    TWO_MOONS,
+    GaussianLinear,
+    SBITask,
+    TwoMoons,
+    TwoMoonsLikelihood,
+)
 
 __all__ = [
     "ConjugateGaussian",
@@ -37,4 +47,12 @@ __all__ = [
     "location_scale_gan",
     "sample_bivariate_normal",
     "sample_mixture",
+    "GAUSSIAN_LINEAR",
+    "NPE_C2ST_10K",
+    "OBSERVATION_SEED",
+    "TWO_MOONS",
+    "GaussianLinear",
+    "SBITask",
+    "TwoMoons",
+    "TwoMoonsLikelihood",
 ]

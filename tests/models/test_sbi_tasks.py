@@ -1,0 +1,148 @@
+"""The sbibm tasks' simulators, likelihoods and exact reference posteriors."""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyro_adv.infer import simulate
+from pyro_adv.models import (
+    GAUSSIAN_LINEAR,
+    NPE_C2ST_10K,
+    TWO_MOONS,
+    TwoMoons,
+    TwoMoonsLikelihood,
+)
+from pyro_adv.nn import ImplicitEncoder
+
+TASKS = [GAUSSIAN_LINEAR, TWO_MOONS]
+
+
+def _grid(lo, hi, n):
+    g = torch.linspace(lo, hi, n, dtype=torch.float64)
+    return torch.stack(torch.meshgrid(g, g, indexing="ij"), -1), (hi - lo) / (n - 1)
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
+def test_shapes_model_and_observations(task):
+    d, m = task.dim_parameters, task.dim_data
+    theta, x = task.sample_joint(7, torch.Generator().manual_seed(0))
+    assert theta.shape == (7, d) and x.shape == (7, m)
+    assert task.simulator(theta.expand(3, 7, d)).shape == (3, 7, m)
+    bank = simulate(task.model, 2, num_data=5)
+    assert bank["theta"].shape == (2, 5, d) and bank["x"].shape == (2, 5, m)
+    # the model scores its data like the task's likelihood, and subsamples
+    trace = pyro.poutine.trace(task.model).get_trace(x)
+    trace.compute_log_prob()
+    expected = task.log_likelihood(trace.nodes["theta"]["value"], x)
+    assert torch.allclose(trace.nodes["x"]["log_prob"], expected)
+    trace = pyro.poutine.trace(task.model).get_trace(x, subsample_size=3)
+    assert trace.nodes["x"]["value"].shape == (3, m)
+    # fixed observations: the same every call, one seed each
+    theta_obs, x_obs = task.observations(3)
+    assert theta_obs.shape == (3, d) and x_obs.shape == (3, m)
+    assert torch.equal(task.observations(3)[1], x_obs)
+    assert torch.equal(task.observations(5)[1][:3], x_obs)
+    assert not torch.equal(x_obs[0], x_obs[1])
+    assert 0.5 < task.npe_c2st < 1 and task.npe_c2st == NPE_C2ST_10K[task.name]
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
+def test_guide_stays_in_the_prior_support(task):
+    encoder = ImplicitEncoder(task.dim_data, task.dim_parameters)
+    with torch.no_grad():
+        encoder.net.net[-1].bias.fill_(30.0)  # far outside a bounded prior's box
+    _, x = task.sample_joint(4)
+    q = task.posterior(encoder, x)
+    draws = q.sample((50,))
+    assert draws.shape == (50, 4, task.dim_parameters)
+    assert torch.isfinite(task.prior().log_prob(draws)).all()
+    trace = pyro.poutine.trace(task.guide(encoder)).get_trace(x, subsample_size=2)
+    assert trace.nodes["theta"]["value"].shape == (2, task.dim_parameters)
+
+
+def test_gaussian_linear_posterior():
+    task = GAUSSIAN_LINEAR
+    x = task.observations(1)[1][0].double()
+    mean, cov = task.posterior_moments(x)
+    # sbibm's formula: Sigma = (P_prior + P_sim)^-1, mu = Sigma P_sim x, P = inverse(0.1 I)
+    precision = torch.linalg.inv(0.1 * torch.eye(10, dtype=torch.float64))
+    sbibm_cov = torch.linalg.inv(precision + precision)
+    assert torch.allclose(cov, sbibm_cov) and torch.allclose(mean, sbibm_cov @ precision @ x)
+    assert torch.allclose(cov, 0.05 * torch.eye(10, dtype=torch.float64))
+    # independent check: self-normalized importance sampling from the prior
+    prior_draws = task.sample_prior(400_000, torch.Generator().manual_seed(1)).double()
+    log_w = task.log_likelihood(prior_draws, x)
+    w = (log_w - log_w.max()).exp()
+    w = w / w.sum()
+    assert (w.sum() ** 2 / (w**2).sum()) > 1000  # enough effective draws
+    is_mean = (w[:, None] * prior_draws).sum(0)
+    assert (is_mean - mean).abs().max() < 4 * math.sqrt(0.05 / 1000)
+    s = task.reference_posterior_sample(x, 20_000, torch.Generator().manual_seed(2)).double()
+    assert (s.mean(0) - mean).abs().max() < 0.01
+    assert (torch.cov(s.T) - cov).abs().max() < 0.005
+
+
+@pytest.mark.parametrize("width", [0.0, 0.002])
+def test_two_moons_likelihood_is_a_density_of_the_simulator(width):
+    theta = torch.tensor([0.3, -0.1], dtype=torch.float64)
+    shift = TwoMoonsLikelihood.shift(theta)
+    grid, h = _grid(-0.2, 0.2, 1600)  # an even count misses r = 0, where 1 / r is infinite
+    x = grid + shift + torch.tensor([0.25, 0.0], dtype=torch.float64)
+    density = TwoMoonsLikelihood(theta, width).log_prob(x).exp()
+    assert abs((density * h * h).sum().item() - 1) < 2e-3
+    # the density's moments are the simulator's
+    sims = TWO_MOONS.simulator(theta.expand(200_000, 2), torch.Generator().manual_seed(0))
+    grid_mean = (density[..., None] * x).sum((0, 1)) * h * h
+    assert (sims.mean(0) - grid_mean).abs().max() < 1e-3 + 0.06 * width
+
+
+def test_two_moons_reference_matches_grid_posterior():
+    task = TWO_MOONS
+    grid, h = _grid(-1.0, 1.0, 2001)
+    _, x_obs = task.observations(2)
+    for k, x in enumerate(x_obs):
+        # posterior on a 0.001 grid: the exact likelihood times the flat prior
+        p = TwoMoonsLikelihood(grid).log_prob(x.double()).exp()
+        p = p / p.sum()
+        s = task.reference_posterior_sample(x, 50_000, torch.Generator().manual_seed(k)).double()
+        assert (s.abs() <= 1).all()
+        mean = (p[..., None] * grid).sum((0, 1))
+        assert (s.mean(0) - mean).abs().max() < 0.01
+        second = (p[..., None, None] * grid[..., :, None] * grid[..., None, :]).sum((0, 1))
+        assert (s.T @ s / s.shape[0] - second).abs().max() < 0.01
+        # probabilities of 0.1 x 0.1 cells: total variation (sampling noise alone: ~0.01)
+        edges = torch.linspace(-1, 1, 21, dtype=torch.float64)
+        cell = (torch.bucketize(s, edges[1:-1]) * torch.tensor([20, 1])).sum(-1)
+        hist = torch.bincount(cell, minlength=400).double() / s.shape[0]
+        gcell = (torch.bucketize(grid, edges[1:-1]) * torch.tensor([20, 1])).sum(-1)
+        grid_hist = torch.zeros(400, dtype=torch.float64).index_add_(
+            0, gcell.flatten(), p.flatten()
+        )
+        assert 0.5 * (hist - grid_hist).abs().sum() < 0.02
+
+
+def test_two_moons_posterior_is_two_mirrored_crescents():
+    x = TWO_MOONS.observations(1)[1][0]
+    s = TWO_MOONS.reference_posterior_sample(x, 20_000, torch.Generator().manual_seed(0))
+    z0 = (s[:, 0] + s[:, 1]) / math.sqrt(2)
+    assert abs((z0 > 0).float().mean().item() - 0.5) < 0.02
+    # every draw lies on the crescent: radius 0.1 (sd 0.01) around its centre
+    p = x - TwoMoonsLikelihood.shift(s)
+    r = (p - torch.tensor([0.25, 0.0])).norm(dim=-1)
+    assert abs(r.mean().item() - 0.1) < 1e-3 and abs(r.std().item() - 0.01) < 1e-3
+    assert (p[:, 0] >= 0.25 - 1e-6).all()
+
+
+def test_two_moons_soft_boundary_leaves_reference_exact():
+    soft = TwoMoons(boundary_width=0.002)
+    theta = torch.tensor([[0.2, 0.3]])
+    # the crescent's centre minus 0.1 along p_1: on its circle, but in the left half-plane
+    x = TwoMoonsLikelihood.shift(theta) + torch.tensor([0.15, 0.0])
+    assert torch.isfinite(soft.log_likelihood(theta, x)).all()
+    assert torch.isinf(TWO_MOONS.log_likelihood(theta, x)).all()
+    x_obs = TWO_MOONS.observations(1)[1][0]
+    a = soft.reference_posterior_sample(x_obs, 100, torch.Generator().manual_seed(0))
+    b = TWO_MOONS.reference_posterior_sample(x_obs, 100, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
