@@ -8,8 +8,12 @@ For draws :math:`z_s \sim q(z \mid x)` the importance log-weights are
 
 An implicit guide has no :math:`\log q`; :class:`~pyro_adv.infer.TraceAVB_ELBO`
 estimates it with its discriminator (:math:`T \approx \log q - \log r`), and its
-``importance_log_weights`` returns the estimated :math:`\log w`. Explicit guides
-give exact weights. From the weights:
+``importance_log_weights`` returns the estimated :math:`\log w`.
+:class:`~pyro_adv.infer.Trace_ALI`'s discriminator estimates
+:math:`\log w - \log p_D(x)` (its fake side pairs the training data's distribution
+:math:`p_D` with the guide), so its weights are known up to a constant per data
+set: enough for :math:`\hat k` and the effective sample size, not for the
+evidence. Explicit guides give exact weights. From the weights:
 
 * **Pareto** :math:`\hat k` (PSIS; Vehtari et al. 2015/2024, Yao et al. 2018):
   the shape of a generalized Pareto distribution fitted to the largest weights.
@@ -148,8 +152,9 @@ class ImportanceDiagnostics:
     :ivar float khat: Pareto shape estimate; below 0.7 means "trust it".
     :ivar float ess: effective sample size of the Pareto-smoothed weights.
     :ivar float ess_raw: effective sample size of the raw weights.
-    :ivar float log_evidence: importance-weighted estimate of ``log p(x)``.
-    :ivar float elbo: mean log weight, the ELBO estimate.
+    :ivar float log_evidence: importance-weighted estimate of ``log p(x)`` (NaN when
+        the weights are known up to a constant only).
+    :ivar float elbo: mean log weight, the ELBO estimate (NaN likewise).
     :ivar int num_samples: number of draws.
     :ivar numpy.ndarray log_weights: the raw log-weights.
     :ivar numpy.ndarray smoothed_log_weights: normalized PSIS log-weights.
@@ -171,13 +176,18 @@ class ImportanceDiagnostics:
 
     def __repr__(self):
         verdict = "reliable" if self.reliable else "UNRELIABLE"
+        if math.isnan(self.log_evidence):
+            return (
+                f"ImportanceDiagnostics(khat={self.khat:.3f} [{verdict}], ess={self.ess:.1f}/"
+                f"{self.num_samples}, weights up to a constant: no evidence estimate)"
+            )
         return (
             f"ImportanceDiagnostics(khat={self.khat:.3f} [{verdict}], ess={self.ess:.1f}/"
             f"{self.num_samples}, log_evidence={self.log_evidence:.4f}, elbo={self.elbo:.4f})"
         )
 
 
-def importance_diagnostics(log_weights, r_eff=1.0):
+def importance_diagnostics(log_weights, r_eff=1.0, up_to_constant=False):
     r"""
     Pareto :math:`\hat k`, effective sample sizes and the evidence estimate from
     importance log-weights :math:`\log w_s = \log p(x, z_s) - \log q(z_s \mid x)`
@@ -191,17 +201,22 @@ def importance_diagnostics(log_weights, r_eff=1.0):
 
     :param log_weights: a 1-D tensor or array of at least 5 log-weights.
     :param float r_eff: relative efficiency of the draws (1 for independent draws).
+    :param bool up_to_constant: the log-weights are known up to an additive
+        constant only (e.g. from :meth:`~pyro_adv.infer.Trace_ALI.importance_log_weights`):
+        :math:`\hat k` and the effective sample sizes are unaffected, the evidence
+        and ELBO estimates are reported as NaN.
     :rtype: ImportanceDiagnostics
     """
     lw = _check_log_weights(log_weights, min_size=5)
     smoothed, khat = psis(lw, r_eff)
     finite = lw[np.isfinite(lw)]
+    elbo = float(finite.mean()) if finite.size == lw.size else -math.inf
     return ImportanceDiagnostics(
         khat=khat,
         ess=effective_sample_size(smoothed),
         ess_raw=effective_sample_size(lw),
-        log_evidence=log_evidence(lw),
-        elbo=float(finite.mean()) if finite.size == lw.size else -math.inf,
+        log_evidence=math.nan if up_to_constant else log_evidence(lw),
+        elbo=math.nan if up_to_constant else elbo,
         num_samples=int(lw.size),
         log_weights=lw,
         smoothed_log_weights=smoothed,
@@ -225,15 +240,18 @@ def importance_log_weights(
     With an ``objective`` that estimates implicit densities (e.g. the
     :class:`~pyro_adv.infer.TraceAVB_ELBO` the guide was trained with), its
     ``importance_log_weights`` supplies them, with :math:`\log q` from the
-    discriminator. Without one the guide must have a density (every guide site
-    scoreable); the weights are then exact. Draws are vectorized with a plate, so
+    discriminator; a :class:`~pyro_adv.infer.Trace_ALI` supplies them up to an
+    additive constant that depends on the data alone (its discriminator sees
+    joints :math:`p(x, z)` against :math:`p_D(x)\, q(z \mid x)`). Without one the
+    guide must have a density (every guide site scoreable); the weights are then
+    exact. Draws are vectorized with a plate, so
     model and guide must declare their batch dimensions with :class:`~pyro.plate`.
 
     :param callable model: the Pyro model.
     :param callable guide: the guide, called with the model's arguments.
     :param int num_samples: number of joint draws.
     :param objective: an objective with an ``importance_log_weights`` method, for
-        implicit guides (``svi.loss`` works too).
+        implicit guides (``svi.loss`` works too): ``TraceAVB_ELBO`` or ``Trace_ALI``.
     :param int seed: seeds the draws (the caller's random state is restored).
     :param int max_plate_nesting: bound on nested plates (guessed if omitted).
     :returns: a tensor of shape ``(num_samples,)``.
@@ -248,7 +266,7 @@ def importance_log_weights(
             if not hasattr(objective, "importance_log_weights"):
                 raise TypeError(
                     f"{type(objective).__name__} cannot estimate importance weights: "
-                    "pass a TraceAVB_ELBO (or None for an explicit guide)"
+                    "pass a TraceAVB_ELBO or Trace_ALI (or None for an explicit guide)"
                 )
             lw = objective.importance_log_weights(
                 model, guide, *args, num_samples=num_samples, **kwargs
@@ -278,7 +296,7 @@ def importance_log_weights(
 
 
 def diagnose_guide(model, guide, *args, num_samples=1000, objective=None, seed=None, **kwargs):
-    """
+    r"""
     :func:`importance_log_weights` followed by :func:`importance_diagnostics`.
 
     Example::
@@ -286,9 +304,15 @@ def diagnose_guide(model, guide, *args, num_samples=1000, objective=None, seed=N
         diag = diagnose_guide(model, guide, data, objective=svi.loss, num_samples=4000)
         print(diag)   # ImportanceDiagnostics(khat=0.21 [reliable], ess=...)
 
+    With a :class:`~pyro_adv.infer.Trace_ALI` objective the weights are known up
+    to a constant: :math:`\hat k` and the ESS are reported, the evidence is NaN.
+
     :rtype: ImportanceDiagnostics
     """
     lw = importance_log_weights(
         model, guide, *args, num_samples=num_samples, objective=objective, seed=seed, **kwargs
     )
-    return importance_diagnostics(lw)
+    objective = getattr(objective, "__self__", objective)
+    return importance_diagnostics(
+        lw, up_to_constant=getattr(objective, "log_weights_up_to_constant", False)
+    )

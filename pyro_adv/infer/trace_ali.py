@@ -606,6 +606,7 @@ class Trace_ALI(AdversarialObjective):
         order = sorted(groups.values(), key=lambda g: g.is_local)
         globals_u = {"real": None, "fake": None}
         totals = {}
+        log_ratio = 0.0
         for group in order:
             sides = {}
             for side, nodes in (("real", real_nodes), ("fake", fake_nodes)):
@@ -638,7 +639,77 @@ class Trace_ALI(AdversarialObjective):
                 frozen(x_fake, z_fake), frozen(x_real, z_real) if model_side else None
             )
             self._game_add(totals, real_logits, fake_logits, group_penalty, g_loss)
+            if self.divergence.identifies_ratio:
+                # v = log p(x, z) - log q(x, z) per pair; rows are particle-major
+                ratio = self.divergence.log_ratio(fake_logits.detach())
+                log_ratio = log_ratio + ratio.reshape(self._lead(), -1).sum(-1)
+        self._last_log_ratio = log_ratio
         return self._game_result(totals)
+
+    # ------------------------------------------------------------ diagnostics
+    #: :meth:`importance_log_weights` knows the weights up to a constant per data set
+    log_weights_up_to_constant = True
+
+    def importance_log_weights(self, model, guide, *args, num_samples=1000, **kwargs):
+        r"""
+        Importance log-weights of ``num_samples`` joint draws from the guide for
+        the data in ``args``/``kwargs``, **up to an additive constant**, from the
+        trained discriminator. Nothing is trained.
+
+        The discriminator's logit estimates the log ratio of the two joints,
+
+        .. math::
+
+            v(x, z) \approx \log \frac{p(z)\, p(x \mid z)}{p_D(x)\, q(z \mid x)}
+            = \underbrace{\log p(x, z) - \log q(z \mid x)}_{\log w} - \log p_D(x),
+
+        so, summed over the pairs of one draw, :math:`\sum v = \log w - \log p_D(x)`
+        with a constant that depends on the data alone (:math:`p_D`, the training
+        data's distribution, has no known density). Self-normalized quantities, the
+        Pareto :math:`\hat k` and the effective sample size of PSIS (Yao et al.
+        2018), do not see the constant; evidence estimates would, so
+        :func:`~pyro_adv.diagnostics.diagnose_guide` leaves them out. The weights
+        are only as good as the discriminator, and only where it saw both
+        simulated and guide pairs during training (``x`` in the range of the
+        training data).
+
+        Example::
+
+            diag = diagnose_guide(exponential_model, amortized_guide(encoder),
+                                  torch.tensor([30.0]), objective=ali, num_samples=4000)
+            diag.khat, diag.ess
+
+        :param int num_samples: guide draws (vectorized particles).
+        :returns: a tensor of shape ``(num_samples,)``.
+        :raises RuntimeError: before the first training step (no discriminator yet).
+        :raises ValueError: for divergences whose critic does not estimate a log
+            density ratio (Wasserstein, total variation).
+        """
+        name = type(self).__name__
+        if not self.discriminators:
+            raise RuntimeError(
+                f"{name}.importance_log_weights: the discriminator has not been trained; "
+                "run svi.step(...) first"
+            )
+        if not self.divergence.identifies_ratio:
+            raise ValueError(
+                f"{name}.importance_log_weights: the {self.divergence.name} critic does not "
+                "estimate a log density ratio; train with an f-divergence (e.g. the default "
+                "'reverse_kl') to get importance weights"
+            )
+        if int(num_samples) != num_samples or num_samples < 2:
+            raise ValueError(f"{name}: num_samples must be an integer >= 2, got {num_samples}")
+        self._prepare(model, guide, args, kwargs)
+        saved = self.num_particles, self.max_plate_nesting
+        if self.num_particles == 1:
+            self.max_plate_nesting += 1  # room for the particle plate training did not need
+        self.num_particles = int(num_samples)
+        try:
+            with torch.no_grad():
+                self._losses(model, guide, args, kwargs)
+        finally:
+            self.num_particles, self.max_plate_nesting = saved
+        return self._last_log_ratio
 
 
 class _Nodes:
