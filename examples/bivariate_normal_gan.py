@@ -25,39 +25,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
 from pyro.infer import SVI, Predictive  # noqa: E402
 
-from pyro_adv.distributions import ImplicitDistribution  # noqa: E402
 from pyro_adv.infer import Trace_GAN  # noqa: E402
 from pyro_adv.models.gan_targets import (  # noqa: E402
     BIVARIATE_COVARIANCE,
     BIVARIATE_MEAN,
+    bivariate_normal_gan,
     bivariate_normal_target,
     sample_bivariate_normal,
 )
-from pyro_adv.nn import MLPGenerator  # noqa: E402
 from pyro_adv.optim import two_timescale_adam  # noqa: E402
 from pyro_adv.plotting import plot_density_contours  # noqa: E402
 from pyro_adv.training import fit  # noqa: E402
-
-
-def make_gan(generator):
-    """The generator as a Pyro model; ``batch_size`` subsamples the observed plate."""
-
-    def gan(data=None, n=1000, batch_size=None):
-        pyro.module("generator", generator)
-        n = data.shape[0] if data is not None else n
-        with pyro.plate("data", n, subsample_size=batch_size) as ind:
-            noise = dist.Normal(0.0, 1.0).expand([len(ind), 2]).to_event(1)
-            pyro.sample(
-                "x",
-                ImplicitDistribution(generator, noise),
-                obs=None if data is None else data[ind],
-            )
-
-    return gan
 
 
 def two_timescale(args):
@@ -72,6 +53,21 @@ def two_timescale(args):
         betas=(0.5, 0.999),
         clip_norm=10.0,
     )
+
+
+def make_svi(name, args, objective=None):
+    """
+    The seeded generator model (``gan(data, n, batch_size)``) and its SVI with the
+    divergence ``name`` (or any other ``objective``), on this script's optimizer.
+    """
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    gan = bivariate_normal_gan()
+    if objective is None:
+        objective = Trace_GAN(
+            name, discriminator_hidden_dims=(40, 40), discriminator_activation="tanh"
+        )
+    return gan, SVI(gan, lambda *a, **k: None, two_timescale(args), loss=objective)
 
 
 def summarize(samples):
@@ -101,14 +97,7 @@ def main(args):
         squeeze=False,
     )
     for i, name in enumerate(divergences):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(args.seed)
-        generator = MLPGenerator(2, 2, hidden_dims=(20,), activation="softplus")
-        gan = make_gan(generator)
-        objective = Trace_GAN(
-            name, discriminator_hidden_dims=(40, 40), discriminator_activation="tanh"
-        )
-        svi = SVI(gan, lambda *a, **k: None, two_timescale(args), loss=objective)
+        gan, svi = make_svi(name, args)
         history, done, start = None, 0, time.perf_counter()
         for j, step in enumerate(snapshots):
             history = fit(

@@ -62,10 +62,18 @@ def two_timescale(args):
     )
 
 
-def train(name, data, args):
+def train(name, data, args, objective=None):
+    """
+    Fits the location-scale generator with the divergence ``name`` (or any other
+    ``objective`` of the same model, e.g. ``pyro.infer.EnergyDistance``) on this
+    script's optimizer; returns the fitted ``(mu, sigma)`` and the training seconds.
+    """
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    objective = Trace_GAN(name, discriminator_hidden_dims=(40, 40), discriminator_activation="tanh")
+    if objective is None:
+        objective = Trace_GAN(
+            name, discriminator_hidden_dims=(40, 40), discriminator_activation="tanh"
+        )
 
     def model(data=None, subsample_size=None):
         return location_scale_gan(

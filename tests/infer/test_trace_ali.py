@@ -9,31 +9,14 @@ from torch.distributions import constraints
 
 from pyro_adv.distributions import ImplicitDistribution
 from pyro_adv.infer import NonFiniteLossError, Trace_ALI, is_discriminator_param, simulate
-from pyro_adv.models import (
-    ConjugateGaussian,
-    amortized_guide,
-    exact_posterior_moments,
-    exponential_model,
-    posterior_summary,
-    spread_bank,
+from pyro_adv.models import ConjugateGaussian, amortized_guide, exponential_model
+from pyro_adv.models.recipes import (
+    ali_adam,
+    evaluate_exponential,
+    failures,
+    fit_exponential_ali,
 )
 from pyro_adv.nn import ImplicitEncoder, PairDiscriminator
-from pyro_adv.optim import two_timescale_adam
-
-
-def gan_adam(lr, steps, discriminator_ratio):
-    """
-    Both players' Adam with GAN momentum (beta1 = 0.5), decaying 20-fold over the run so
-    the game settles; the discriminator is faster, so that its logit stays close to the
-    log density ratio the guide descends.
-    """
-    return two_timescale_adam(
-        lr,
-        discriminator_lr=discriminator_ratio * lr,
-        num_steps=steps,
-        decay=0.05,
-        betas=(0.5, 0.9),
-    )
 
 
 @pytest.fixture
@@ -48,31 +31,9 @@ def one_thread():
 # ----------------------------------------------------------------------------- accuracy
 def test_exponential_posterior_at_x1_and_x30(one_thread):
     # thesis 4.2.1: one amortized posterior, trained from a fixed bank of simulations
-    bank = spread_bank(simulate(exponential_model, 1, num_data=1_000_000), 100_000)
-    encoder = ImplicitEncoder(
-        1,
-        2,
-        noise_dim=3,
-        hidden_dims=(20, 20, 20),
-        activation="tanh",
-        context_transform=torch.log1p,
-    )
-    ali = Trace_ALI(simulations=bank, context_transform=torch.log1p)
-    steps = 2500
-    svi = SVI(exponential_model, amortized_guide(encoder), gan_adam(3e-3, steps, 4.0), ali)
-    # the players circle the equilibrium: average the guide's weights over the last third
-    average = torch.optim.swa_utils.AveragedModel(encoder)
-    for step in range(steps):
-        svi.step(bank["x"][0], subsample_size=512)
-        if step >= 2 * steps // 3:
-            average.update_parameters(encoder)
-    for x in (1.0, 30.0):
-        with torch.no_grad():
-            samples = average.module(torch.tensor([[x]])).sample((20000,)).squeeze(1)
-        got, exact = posterior_summary(samples), exact_posterior_moments(x)
-        assert max(abs(m) for m in got["mean"]) < 0.2, (x, got)
-        for key in ("var_z1", "mean_norm", "sd_norm"):
-            assert abs(got[key] / exact[key] - 1) < 0.15, (x, key, got[key], exact[key])
+    fitted = fit_exponential_ali()
+    errors, _ = evaluate_exponential(fitted.encoder, num_samples=20000)
+    assert not failures("exponential_ali", errors), errors
 
 
 def test_conjugate_gaussian_implicit_simulator_amortized(one_thread):
@@ -102,7 +63,7 @@ def test_conjugate_gaussian_implicit_simulator_amortized(one_thread):
     data = simulate(model, 1, num_sets=50_000)["x"][0]  # (50000, 2, 2)
     ali = Trace_ALI()  # fresh simulations every step
     steps = 1000
-    svi = SVI(model, guide, gan_adam(3e-3, steps, 8.0), ali)
+    svi = SVI(model, guide, ali_adam(3e-3, steps, 8.0), ali)
     # the players circle the equilibrium: average the guide over the second half
     average = torch.optim.swa_utils.AveragedModel(encoder)
     for step in range(steps):

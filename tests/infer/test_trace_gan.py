@@ -11,16 +11,17 @@ from torch import nn
 
 from pyro_adv.distributions import ImplicitDistribution
 from pyro_adv.infer import Trace_GAN
-from pyro_adv.models.gan_targets import (
-    BIVARIATE_COVARIANCE,
-    BIVARIATE_MEAN,
-    exact_divergence_optimum,
-    location_scale_gan,
-    sample_bivariate_normal,
-    sample_mixture,
+from pyro_adv.models.gan_targets import bivariate_normal_gan, sample_bivariate_normal
+from pyro_adv.models.recipes import (
+    evaluate_gan_bivariate,
+    evaluate_gan_mixture,
+    failures,
+    fit_gan_bivariate,
+    fit_gan_mixture,
+    gan_adam,
+    no_guide,
 )
-from pyro_adv.nn import ImplicitEncoder, MLPGenerator
-from pyro_adv.optim import two_timescale_adam
+from pyro_adv.nn import ImplicitEncoder
 
 
 @pytest.fixture(autouse=True)
@@ -33,103 +34,38 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def no_guide(*args, **kwargs):
-    pass
-
-
-def two_timescale(lr, disc_lr, steps, decay=1.0):
-    """Adam with a faster discriminator (TTUR) and the generator's rate decayed by ``decay``."""
-    return two_timescale_adam(
-        lr,
-        discriminator_lr=disc_lr,
-        num_steps=steps,
-        decay=decay,
-        decay_discriminator=False,
-        betas=(0.5, 0.999),
-        clip_norm=1e6,
-    )
-
-
-def fit(model, data, loss, optim, steps, batch):
-    svi = SVI(model, no_guide, optim, loss=loss)
-    for _ in range(steps):
-        svi.step(data[torch.randint(len(data), (batch,))])
-    return svi
-
-
 # ------------------------------------------------------------ thesis 3.2.1
-def bivariate_gan():
-    generator = MLPGenerator(2, 2, hidden_dims=(20,), activation="softplus")
-
-    def gan(data=None, n=1000):
-        n = data.shape[0] if data is not None else n
-        pyro.module("generator", generator)
-        noise = dist.Normal(0.0, 1.0).expand([n, 2]).to_event(1)
-        with pyro.plate("data", n):
-            pyro.sample("x", ImplicitDistribution(generator, noise), obs=data)
-
-    return gan
-
-
-def assert_bivariate_fit(gan):
-    samples = Predictive(gan, num_samples=1)(n=20000)["x"]
+def assert_bivariate_fit(divergence):
+    fitted = fit_gan_bivariate(divergence)
+    errors, samples = evaluate_gan_bivariate(fitted)
     assert samples.shape == (1, 20000, 2)
-    samples = samples[0]
-    mean, cov = samples.mean(0), torch.cov(samples.T)
-    assert (mean - torch.tensor(BIVARIATE_MEAN)).abs().max() < 0.1, mean
-    assert (cov - torch.tensor(BIVARIATE_COVARIANCE)).abs().max() < 0.1, cov
+    assert not failures(f"gan_bivariate_{divergence}", errors), errors
+    return fitted
 
 
 def test_bivariate_normal_nonsaturating():
-    gan = bivariate_gan()
-    data = sample_bivariate_normal(20000)
-    loss = Trace_GAN(
-        "nonsaturating", discriminator_hidden_dims=(40, 40), discriminator_activation="tanh"
-    )
-    fit(gan, data, loss, two_timescale(1e-3, 4e-3, 700, decay=0.3), 700, 256)
-    assert_bivariate_fit(gan)
+    assert_bivariate_fit("nonsaturating")
 
 
 def test_bivariate_normal_wasserstein_gp():
-    gan = bivariate_gan()
-    data = sample_bivariate_normal(20000)
-    loss = Trace_GAN(
-        "wasserstein", discriminator_hidden_dims=(40, 40), discriminator_activation="tanh"
-    )
-    fit(gan, data, loss, two_timescale(1e-3, 3e-3, 1000, decay=0.05), 1000, 256)
-    assert loss.stats["gradient_penalty"] >= 0.0
-    assert_bivariate_fit(gan)
+    fitted = assert_bivariate_fit("wasserstein")
+    assert fitted.objective.stats["gradient_penalty"] >= 0.0
 
 
 # ---------------------------------------------------------- thesis 3.3.2.1
-def fit_mixture(divergence, lr, disc_lr, steps, decay):
-    data = sample_mixture(20000)
-    loss = Trace_GAN(
-        divergence, discriminator_hidden_dims=(40, 40), discriminator_activation="tanh"
-    )
-    fit(location_scale_gan, data, loss, two_timescale(lr, disc_lr, steps, decay), steps, 256)
-    store = pyro.get_param_store()
-    return store["loc"].item(), store["scale"].item()
-
-
 def test_mixture_forward_kl_covers_both_modes():
-    loc, scale = fit_mixture("kl", 1e-2, 3e-3, 1000, 0.1)
-    # thesis Table 1: 2.095 / 0.952; the exact optimum matches moments: 2 / 1.044
-    assert abs(loc - 2.0) < 0.2 and abs(scale - 1.04) < 0.2, (loc, scale)
+    errors, fit = evaluate_gan_mixture(fit_gan_mixture("kl"))
+    assert not failures("gan_mixture_kl", errors), fit
 
 
 def test_mixture_reverse_kl_collapses_onto_a_mode():
-    loc, scale = fit_mixture("reverse_kl", 5e-3, 5e-3, 800, 0.3)
-    # thesis Table 1: 2.998 / 0.301
-    assert min(abs(loc - 1.0), abs(loc - 3.0)) < 0.15, loc
-    assert 0.2 <= scale <= 0.45, scale
-    exact = exact_divergence_optimum("reverse_kl", init=(loc, scale))
-    assert abs(exact.loc - loc) < 0.15
+    errors, fit = evaluate_gan_mixture(fit_gan_mixture("reverse_kl"))
+    assert not failures("gan_mixture_reverse_kl", errors), (fit, errors)
 
 
 # ------------------------------------------------------------- the interface
 def test_step_returns_float_and_keeps_stats():
-    gan = bivariate_gan()
+    gan = bivariate_normal_gan()
     loss = Trace_GAN("js")
     svi = SVI(gan, no_guide, Adam({"lr": 1e-3}), loss=loss)
     value = svi.step(sample_bivariate_normal(64))
@@ -155,7 +91,7 @@ def test_step_returns_float_and_keeps_stats():
 
 
 def test_one_backward_updates_both_players():
-    gan = bivariate_gan()
+    gan = bivariate_normal_gan()
     svi = SVI(gan, no_guide, Adam({"lr": 1e-2}), loss=Trace_GAN("minimax"))
     svi.step(sample_bivariate_normal(32))
     before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
@@ -230,7 +166,7 @@ def test_conditional_generator(how):
             linear_conditional(x, y, record=False)
 
         loss = Trace_GAN("js", condition=lambda x, y=None: x)
-    svi = SVI(model, no_guide, two_timescale(2e-2, 5e-3, 600, 0.2), loss=loss)
+    svi = SVI(model, no_guide, gan_adam(2e-2, 5e-3, 600, 0.2), loss=loss)
     for _ in range(600):
         idx = torch.randint(4000, (256,))
         svi.step(x[idx], y[idx])
@@ -317,13 +253,13 @@ def test_inner_plates_are_folded_into_features():
 
 # --------------------------------------------------------------------- errors
 def test_error_without_observed_site():
-    svi = SVI(bivariate_gan(), no_guide, Adam({"lr": 1e-3}), loss=Trace_GAN())
+    svi = SVI(bivariate_normal_gan(), no_guide, Adam({"lr": 1e-3}), loss=Trace_GAN())
     with pytest.raises(ValueError, match="no observed site"):
         svi.step(None, n=10)
 
 
 def test_error_on_shape_mismatch():
-    svi = SVI(bivariate_gan(), no_guide, Adam({"lr": 1e-3}), loss=Trace_GAN())
+    svi = SVI(bivariate_normal_gan(), no_guide, Adam({"lr": 1e-3}), loss=Trace_GAN())
     with pytest.raises(ValueError, match=r"'x'.*shape \(10, 3\)"):
         svi.step(torch.randn(10, 3))
 
@@ -377,7 +313,7 @@ def test_error_on_guide_with_latents():
     def guide(data=None, n=1000):
         pyro.sample("z", dist.Normal(0.0, 1.0))
 
-    svi = SVI(bivariate_gan(), guide, Adam({"lr": 1e-3}), loss=Trace_GAN())
+    svi = SVI(bivariate_normal_gan(), guide, Adam({"lr": 1e-3}), loss=Trace_GAN())
     with pytest.raises(ValueError, match="guide samples 'z'"):
         svi.step(torch.randn(10, 2))
 
