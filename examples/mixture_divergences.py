@@ -98,11 +98,15 @@ def _normal_pdf(x, loc, scale):
     return np.exp(-0.5 * ((x - loc) / scale) ** 2) / (scale * math.sqrt(2 * math.pi))
 
 
-def plot_fit(ax, loc, scale, title):
+def plot_fit(ax, loc, scale, title, optimum=None):
+    """The mixture, the latent density and the fitted N(loc, scale²); ``optimum``
+    (``(loc, scale)`` of an exact optimum) is drawn dashed."""
     x = np.linspace(-3.0, 6.0, 600)
     ax.plot(x, np.exp(mixture_log_density(x)), color="k", label="mixture p")
     ax.plot(x, _normal_pdf(x, 0.0, 1.0), color="C2", ls=":", label="latent z ~ N(0, 1)")
     ax.plot(x, _normal_pdf(x, loc, scale), color="C3", label=f"G(z): N({loc:.2f}, {scale:.2f}²)")
+    if optimum is not None:
+        ax.plot(x, _normal_pdf(x, optimum[0], optimum[1]), color="C0", ls="--", label="exact")
     ax.set_title(title)
     ax.set_ylim(0, 1.45)
     ax.legend(fontsize=7, loc="upper left")
@@ -140,10 +144,7 @@ def main(args):
     nrows = -(-len(rows) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.3 * nrows), squeeze=False)
     for ax, (name, loc, scale, _, basin, _) in zip(axes.flat, rows):
-        plot_fit(ax, loc, scale, name)
-        x = np.linspace(-3.0, 6.0, 600)
-        ax.plot(x, _normal_pdf(x, basin.loc, basin.scale), color="C0", ls="--", label="exact")
-        ax.legend(fontsize=7, loc="upper left")
+        plot_fit(ax, loc, scale, name, optimum=(basin.loc, basin.scale))
     for ax in list(axes.flat)[len(rows) :]:
         ax.axis("off")
     fig.tight_layout()
