@@ -101,7 +101,9 @@ def c2st(x, y, num_folds=5, seed=0, hidden_dim=None, num_steps=1000, lr=1e-2, z_
     .. math:: \mathrm{C2ST} = \frac1K \sum_{k=1}^K \mathrm{acc}_k \in [0, 1],
               \quad 0.5 \Leftrightarrow \text{indistinguishable}.
 
-    Use equal sample sizes, so that chance accuracy is 0.5.
+    With unequal sample sizes the larger sample is randomly subsampled (seeded) to
+    the size of the smaller, so that chance accuracy stays 0.5; otherwise a
+    classifier that always answers the majority class would score above 0.5.
 
     :param x: reference samples, ``(n, dim)``.
     :param y: samples to test, ``(m, dim)``.
@@ -117,6 +119,10 @@ def c2st(x, y, num_folds=5, seed=0, hidden_dim=None, num_steps=1000, lr=1e-2, z_
     if num_folds < 2:
         raise ValueError(f"num_folds must be at least 2, got {num_folds}")
     x, y = x.float(), y.float()
+    if x.shape[0] != y.shape[0]:
+        size = min(x.shape[0], y.shape[0])
+        with seeded(seed):
+            x, y = _subsample(x, size), _subsample(y, size)
     if z_score:
         loc, scale = x.mean(0), x.std(0).clamp_min(1e-12)
         x, y = (x - loc) / scale, (y - loc) / scale

@@ -23,6 +23,12 @@ def test_c2st_same_vs_different(samples):
     assert c2st(a.numpy(), b.numpy(), seed=0) == same
 
 
+def test_c2st_unequal_sizes_keep_chance_at_one_half(samples):
+    a, b, _ = samples
+    # 500 vs 150 of one distribution: a majority-class classifier would score 0.77
+    assert abs(c2st(a, b[:150], seed=0) - 0.5) < 0.1
+
+
 def test_c2st_sees_a_narrow_approximation(samples):
     a, b, _ = samples
     # a guide 3x too narrow is easy to tell apart from the reference
