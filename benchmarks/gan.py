@@ -112,13 +112,19 @@ def _sample_stats(samples, reference, budget, seed):
     }
 
 
-# ------------------------------------------------------------------ bivariate normal
-def _bivariate(quick, seed, budget):
-    args = bivariate_example.parse_args(["--seed", str(seed), "--no-progress"])
-    args.steps = budget["bivariate_steps"]
+def _setup(example, steps, sample, seed, budget):
+    """The example's settings run for ``steps``, its data set and fresh target draws."""
+    args = example.parse_args(["--seed", str(seed), "--no-progress"])
+    args.steps = steps
     pyro.set_rng_seed(seed)
-    data = sample_bivariate_normal(args.num_data)
-    reference = sample_bivariate_normal(budget["draws"])
+    return args, sample(args.num_data), sample(budget["draws"])
+
+
+# ------------------------------------------------------------------ bivariate normal
+def _bivariate(seed, budget):
+    args, data, reference = _setup(
+        bivariate_example, budget["bivariate_steps"], sample_bivariate_normal, seed, budget
+    )
     rows, fits = [], {}
     for label, divergence, ed_options, batch in _methods():
         objective, run_args = _objective_and_args(divergence, ed_options, batch, args)
@@ -154,13 +160,11 @@ def _bivariate_row(label, samples, reference, budget, seed, seconds, note):
 
 # ------------------------------------------------------------------------- mixture
 def _mixture(quick, seed, budget):
-    args = mixture_example.parse_args(["--seed", str(seed), "--no-progress"])
-    args.steps = budget["mixture_steps"]
+    args, data, reference = _setup(
+        mixture_example, budget["mixture_steps"], sample_mixture, seed, budget
+    )
     if quick:
         args.quadrature_points = 401
-    pyro.set_rng_seed(seed)
-    data = sample_mixture(args.num_data)
-    reference = sample_mixture(budget["draws"])
     rows, fits = [], {}
     for label, divergence, ed_options, batch in _methods():
         objective, run_args = _objective_and_args(divergence, ed_options, batch, args)
@@ -289,7 +293,7 @@ def run(quick=False, seed=0, outdir=None):
     outdir = outdir or "."
     os.makedirs(outdir, exist_ok=True)
     budget = _budget(quick)
-    bivariate_rows, bivariate_fits = _bivariate(quick, seed, budget)
+    bivariate_rows, bivariate_fits = _bivariate(seed, budget)
     mixture_rows, mixture_fits = _mixture(quick, seed, budget)
     rows = bivariate_rows + mixture_rows
     figure = _figure(bivariate_fits, mixture_fits, outdir)

@@ -3,7 +3,8 @@ Targets of the thesis's GAN experiments (sections 3.2.1 and 3.3.2.1) and their
 exact references.
 
 * The bivariate normal of section 3.2.1:
-  :math:`N\big((1, 1),\ \Sigma\big)` with standard deviations 0.7 and correlation 0.5.
+  :math:`N\big((1, 1),\ \Sigma\big)` with standard deviations 0.7 and correlation 0.5,
+  fitted by the MLP generator of :func:`bivariate_normal_gan`.
 * The mixture of section 3.3.2.1, :math:`p = \tfrac12 N(1, 0.3^2) + \tfrac12 N(3, 0.3^2)`,
   fitted by the location-scale generator :math:`G(z) = \mu + \sigma z`,
   :math:`z \sim N(0, 1)`, i.e. :math:`q = N(\mu, \sigma^2)`.
