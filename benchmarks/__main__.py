@@ -26,6 +26,7 @@ import torch
 # never slow down another's run
 TABLES = {
     "exponential": ("Table 1: the exponential-latent posterior (thesis 4.2.1)", "exponential"),
+    "sbi": ("Table 2: simulation-based benchmark tasks (sbibm)", "sbi"),
     "gan": ("Table 3: GAN fits, every divergence", "gan"),
     "overhead": ("Table 4: overhead of SVI + TraceAVB_ELBO", "overhead"),
     "robustness": ("Table 5: robustness over seeds", "robustness"),

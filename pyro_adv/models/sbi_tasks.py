@@ -335,6 +335,17 @@ class TwoMoons(SBITask):
         u = torch.rand(num_samples, self.dim_parameters, generator=generator)
         return (2 * u - 1) * self.PRIOR_BOUND
 
+    @staticmethod
+    def minor_crescent_share(theta):
+        r"""
+        The share of draws ``theta`` (``(n, 2)``) in the less populated of the two
+        mirror-image crescents, the sides of :math:`\theta_1 + \theta_2 = 0`: about 0.5
+        for the exact posterior (less where the prior's box cuts one crescent), 0 for
+        an approximation that found one crescent only.
+        """
+        share = (theta[..., 0] + theta[..., 1] > 0).double().mean().item()
+        return min(share, 1.0 - share)
+
     def reference_posterior_sample(self, x, num_samples, generator=None, batch_size=100_000):
         x = torch.as_tensor(x, dtype=torch.float64).reshape(2)
         accepted, total, tries = [], 0, 0
