@@ -56,8 +56,8 @@ from pyro_adv.models import (  # noqa: E402
     exponential_log_joint,
     exponential_model,
     posterior_summary,
-    sample_training_observations,
 )
+from pyro_adv.models.recipes import draw_encoder  # noqa: E402
 from pyro_adv.plotting import plot_density_contours  # noqa: E402
 from pyro_adv.training import fit  # noqa: E402
 
@@ -117,11 +117,11 @@ def _timed(fn, *args):
     return result, time.perf_counter() - start
 
 
-def _amortized(example, method, data, args):
-    encoder, _, train_s = example.train(method, data, args)
+def _amortized(example, method, args):
+    encoder, _, train_s = example.train(method, args)
     fits = {}
     for x in X_VALUES:
-        draws, draw_s = _timed(example.draw, encoder, x, NUM_DRAWS)
+        draws, draw_s = _timed(draw_encoder, encoder, x, NUM_DRAWS)
         fits[x] = {"draws": draws, "train_s": train_s, "draw_s": draw_s, "new_x_s": draw_s}
     return fits
 
@@ -338,14 +338,11 @@ def run(quick=False, seed=0, outdir=None):
     budget = BUDGETS["quick" if quick else "full"]
     example = _load_example()
     args = example.parse_args(budget["example_args"] + ["--no-progress", "--seed", str(seed)])
-    data = sample_training_observations(
-        args.num_data, generator=torch.Generator().manual_seed(args.seed)
-    )
 
     methods, results = {}, {}
     for method in AMORTIZED:
         methods[method] = example.METHODS[method]
-        results[method] = _amortized(example, method, data, args)
+        results[method] = _amortized(example, method, args)
     for name, make_guide in AUTOGUIDES.items():
         methods[name] = name
         results[name] = {x: _autoguide(make_guide, x, budget["svi_steps"], seed) for x in X_VALUES}

@@ -4,9 +4,7 @@ default settings of its test, over 5 seeds; how many seeds meet the test's toler
 the worst value of each criterion across the seeds, and the seconds per seed.
 
 The recipes and tolerances are the tests' own, imported from
-``pyro_adv.models.recipes`` (one home for both); the amortized exponential posterior
-with AVB is trained by ``examples/exponential_posterior.py``'s ``train("avb", ...)``,
-the recipe of ``test_exponential_posterior_amortized_encoder``. Seed ``s`` reseeds Pyro
+``pyro_adv.models.recipes`` (one home for both). Seed ``s`` reseeds Pyro
 before training, so everything drawn from the global random state (initialization,
 minibatches, noise, the GANs' data sets, ALI's simulation bank) changes with it, while
 data a test fixes with its own generator (the conjugate Gaussian's 10 observations, the
@@ -24,8 +22,6 @@ import warnings
 import pyro
 import torch
 
-from examples import exponential_posterior as exponential_example
-from pyro_adv.models.exponential import sample_training_observations
 from pyro_adv.models.recipes import (
     TOLERANCES,
     describe_tolerance,
@@ -37,6 +33,7 @@ from pyro_adv.models.recipes import (
     failures,
     fit_conjugate_gaussian,
     fit_exponential_ali,
+    fit_exponential_avb,
     fit_gamma_poisson,
     fit_gan_bivariate,
     fit_gan_mixture,
@@ -48,12 +45,9 @@ NUM_SEEDS = 5
 
 
 def _exponential_avb(seed, quick):
-    argv = ["--seed", str(seed), "--methods", "avb", "--no-progress"]
-    args = exponential_example.parse_args(argv + (["--quick"] if quick else []))
-    # the test's training set: fixed by its own generator, seed 0
-    data = sample_training_observations(args.num_data, generator=torch.Generator().manual_seed(0))
-    encoder, _, _ = exponential_example.train("avb", data, args)
-    return evaluate_exponential(encoder, num_samples=500 if quick else 5000)[0]
+    budget = {"steps": 5, "num_data": 256, "batch_size": 8, "num_particles": 4} if quick else {}
+    fitted = fit_exponential_avb(seed, **budget)
+    return evaluate_exponential(fitted.encoder, num_samples=500 if quick else 5000)[0]
 
 
 def _exponential_ali(seed, quick):

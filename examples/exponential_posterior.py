@@ -8,7 +8,8 @@ An amortized implicit posterior q(z | x) = G(x, eps) is trained once on a data s
 observations spanning both regimes, then queried at x = 1 and x = 30 and compared with
 the exact posterior (1-D quadrature over the radius).
 
-Two objectives train the same kind of posterior. AVB evaluates the likelihood and trains
+The recipes live in `pyro_adv.models.recipes`, shared with the tests and the
+benchmarks. Two objectives train the same kind of posterior. AVB evaluates the likelihood and trains
 on the data set of `sample_training_observations`. ALI never evaluates it: it trains on
 simulations only, a bank of (z, x) pairs drawn once from the prior predictive. The
 prior predictive puts 1.5% of its mass near x = 30, so the bank is resampled to spread
@@ -34,26 +35,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
 import torch  # noqa: E402
-from pyro.infer import SVI  # noqa: E402
-from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
-from pyro_adv.infer import Trace_ALI, TraceAVB_ELBO, simulate  # noqa: E402
 from pyro_adv.models import (  # noqa: E402
     PRIOR_VARIANCE,
-    amortized_guide,
     exact_posterior_moments,
     exponential_log_joint,
-    exponential_model,
     posterior_summary,
-    sample_training_observations,
-    spread_bank,
 )
-from pyro_adv.nn import ImplicitEncoder  # noqa: E402
-from pyro_adv.optim import two_timescale_adam  # noqa: E402
+from pyro_adv.models.recipes import (  # noqa: E402
+    EXPONENTIAL_AVB_HIDDEN,
+    draw_encoder,
+    fit_exponential_ali,
+    fit_exponential_avb,
+)
 from pyro_adv.plotting import plot_density_contours  # noqa: E402
-from pyro_adv.training import fit  # noqa: E402
 
 X_VALUES = (1.0, 30.0)
 METHODS = {
@@ -63,104 +59,41 @@ METHODS = {
 }
 
 
-def make_encoder(args):
-    return ImplicitEncoder(
-        input_dim=1,
-        latent_dim=2,
-        noise_dim=args.noise_dim,
-        hidden_dims=(args.hidden,) * args.layers,
-        activation=args.activation,
-        context_transform=torch.log1p,
-    )
-
-
-def train_ali(args):
-    """Likelihood-free: a fixed bank of simulations, no evaluation of p(x | z)."""
-    bank = simulate(exponential_model, 1, num_data=args.num_simulations)
-    bank = spread_bank(bank, args.num_simulations // 10)
-    encoder = ImplicitEncoder(
-        1,
-        2,
-        noise_dim=3,
-        hidden_dims=(20, 20, 20),
-        activation="tanh",
-        context_transform=torch.log1p,
-    )
-    # the thesis's 3 x 20 tanh/softplus discriminator measured worse (Var(z1) at x = 1
-    # off by 10-30% across seeds); Trace_ALI's default 64 x 64 ELU one is used instead
-    objective = Trace_ALI(simulations=bank, context_transform=torch.log1p)
-    optim = two_timescale_adam(
-        args.ali_lr,
-        discriminator_lr=4 * args.ali_lr,
-        num_steps=args.ali_steps,
-        decay=0.05,
-        betas=(0.5, 0.9),
-    )
-    svi = SVI(exponential_model, amortized_guide(encoder), optim, objective)
-    average = AveragedModel(encoder)
-
-    def callback(step, loss, stats):
-        if step >= 2 * args.ali_steps // 3:
-            average.update_parameters(encoder)
-
+def train(method, args):
+    """Trains one amortized posterior with the recipe of ``pyro_adv.models.recipes``."""
     start = time.perf_counter()
-    history = fit(
-        svi,
-        args.ali_steps,
-        bank["x"][0],
-        subsample_size=args.ali_batch_size,
-        desc="ali",
-        progress=not args.no_progress,
-        callback=callback,
-    )
-    return average.module, history, time.perf_counter() - start
-
-
-def train(method, data, args):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
     if method == "ali":
-        return train_ali(args)
-    encoder = make_encoder(args)
-    guide = amortized_guide(encoder)
-    if method in ("avb", "avb-plain"):
-        objective = TraceAVB_ELBO(
+        # likelihood-free: a fixed bank of simulations, no evaluation of p(x | z)
+        fitted = fit_exponential_ali(
+            args.seed,
+            steps=args.ali_steps,
+            num_simulations=args.num_simulations,
+            num_pairs=args.num_simulations // 10,
+            batch_size=args.ali_batch_size,
+            lr=args.ali_lr,
+            progress=not args.no_progress,
+        )
+    elif method in ("avb", "avb-plain"):
+        fitted = fit_exponential_avb(
+            args.seed,
+            steps=args.steps,
+            num_data=args.num_data,
+            batch_size=args.batch_size,
             num_particles=args.particles,
+            noise_dim=args.noise_dim,
+            hidden_dims=tuple(int(h) for h in args.hidden_dims.split(",")),
+            lr=args.lr,
             adaptive_contrast=(method == "avb"),
-            discriminator_hidden_dims=(128, 128),
+            progress=not args.no_progress,
         )
     else:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    svi = SVI(
-        exponential_model,
-        guide,
-        two_timescale_adam(args.lr, discriminator_lr=2 * args.lr, num_steps=args.steps, decay=0.05),
-        objective,
-    )
-    start = time.perf_counter()
-    history = fit(
-        svi,
-        args.steps,
-        data,
-        subsample_size=args.batch_size,
-        desc=method,
-        progress=not args.no_progress,
-    )
-    return encoder, history, time.perf_counter() - start
-
-
-def draw(encoder, x, num_samples):
-    with torch.no_grad():
-        return encoder(torch.tensor([[x]])).sample((num_samples,)).squeeze(1)
+    return fitted.encoder, fitted.history, time.perf_counter() - start
 
 
 def main(args):
     os.makedirs(args.outdir, exist_ok=True)
     torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(args.seed)
-    data = sample_training_observations(
-        args.num_data, generator=torch.Generator().manual_seed(args.seed)
-    )
     lim = (-6.5, 6.5)
 
     # Figure 6: prior contours; Figure 7: unnormalized posterior contours
@@ -181,9 +114,9 @@ def main(args):
     methods = args.methods.split(",")
     fig, axes = plt.subplots(len(methods), 2, figsize=(9, 4.2 * len(methods)), squeeze=False)
     for i, method in enumerate(methods):
-        encoder, history, seconds = train(method, data, args)
+        encoder, history, seconds = train(method, args)
         for j, x in enumerate(X_VALUES):
-            samples = draw(encoder, x, args.num_samples)
+            samples = draw_encoder(encoder, x, args.num_samples)
             summary = posterior_summary(samples)
             rows.append((METHODS.get(method, method), x, summary, seconds))
             plot_density_contours(
@@ -221,14 +154,18 @@ def parse_args(argv=None):
         "--methods", default="avb,ali", help="comma-separated: " + ", ".join(METHODS)
     )
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--num-data", type=int, default=4096, help="training observations")
+    parser.add_argument(
+        "--num-data", type=int, default=4096, help="AVB training observations (fixed, seed 0)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="observations per step")
     parser.add_argument("--particles", type=int, default=32, help="guide draws per observation")
     parser.add_argument("--noise-dim", type=int, default=8, help="noise width of the AVB encoder")
     parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--activation", default="elu")
+    parser.add_argument(
+        "--hidden-dims",
+        default=",".join(map(str, EXPONENTIAL_AVB_HIDDEN)),
+        help="hidden widths of the AVB encoder",
+    )
     parser.add_argument("--ali-steps", type=int, default=2500)
     parser.add_argument("--ali-batch-size", type=int, default=512, help="simulated pairs per step")
     parser.add_argument("--ali-lr", type=float, default=3e-3)

@@ -17,9 +17,8 @@ recipe over several seeds and counts how often the tolerances hold.
   criterion passes when its error is below ``b``) or an interval ``(lo, hi)`` (it
   passes when ``lo <= value <= hi``); :func:`failures` lists the criteria missed.
 
-The exponential posterior with amortized AVB (thesis 4.2.1) is trained by
-``examples/exponential_posterior.py`` and its test
-(``test_exponential_posterior_amortized_encoder``); its tolerances live here.
+The exponential posterior (thesis 4.2.1) recipes are also the ones
+``examples/exponential_posterior.py`` and Table 1 of the benchmarks run.
 """
 
 import math
@@ -38,6 +37,7 @@ from pyro_adv.models.exponential import (
     exact_posterior_moments,
     exponential_model,
     posterior_summary,
+    sample_training_observations,
     spread_bank,
 )
 from pyro_adv.models.gan_targets import (
@@ -51,6 +51,7 @@ from pyro_adv.models.gan_targets import (
 )
 from pyro_adv.nn import ImplicitEncoder
 from pyro_adv.optim import two_timescale_adam
+from pyro_adv.training import fit
 
 __all__ = [
     "TOLERANCES",
@@ -68,6 +69,8 @@ __all__ = [
     "evaluate_gamma_poisson",
     "EXPONENTIAL_X",
     "evaluate_exponential",
+    "EXPONENTIAL_AVB_HIDDEN",
+    "fit_exponential_avb",
     "fit_exponential_ali",
     "GAN_BIVARIATE_SETTINGS",
     "fit_gan_bivariate",
@@ -100,9 +103,10 @@ TOLERANCES = {
     # posterior mean and sd within 10%
     "gamma_poisson": {"mean ratio - 1": 0.1, "sd ratio - 1": 0.1},
     # Var(z1), E|z|, sd|z| within 10%; E[z] = 0 within 0.15. KNOWN GAP (issue 2): the
-    # x=30 ring's centre is off by 0.16-0.37 in every run measured (9 runs, up to 3000
-    # steps), so the test allows 0.25 there until that is fixed.
-    "exponential_avb": _exponential_tolerances(0.1, {1.0: 0.15, 30.0: 0.25}),
+    # x=30 ring's centre is off by 0.10-0.17 with the 3-layer encoder (4 seeds; 0.16-0.23
+    # with 2 layers, and neither more particles, moment draws, noise dims, width, steps
+    # nor weight averaging closed it), so the test allows 0.2 there.
+    "exponential_avb": _exponential_tolerances(0.1, {1.0: 0.15, 30.0: 0.2}),
     # ALI from a simulation bank: within 15%, E[z] within 0.2
     "exponential_ali": _exponential_tolerances(0.15, {1.0: 0.2, 30.0: 0.2}),
     # largest error of the mean and of the covariance entries (absolute)
@@ -293,15 +297,69 @@ def evaluate_exponential(encoder, num_samples):
     return errors, draws
 
 
+#: the amortized AVB encoder's hidden widths: a third layer halved the largest |E[z]|
+#: at x = 30 (0.16-0.23 with two layers, 0.10-0.17 with three, over 4-5 seeds each)
+EXPONENTIAL_AVB_HIDDEN = (64, 64, 64)
+
+
+def fit_exponential_avb(
+    seed=0,
+    steps=1500,
+    num_data=4096,
+    batch_size=32,
+    num_particles=32,
+    noise_dim=8,
+    hidden_dims=EXPONENTIAL_AVB_HIDDEN,
+    lr=5e-3,
+    adaptive_contrast=True,
+    progress=False,
+):
+    """
+    ``TraceAVB_ELBO`` amortized over ``num_data`` observations from
+    :func:`~pyro_adv.models.sample_training_observations` (fixed by their own
+    generator, seed 0): an :class:`~pyro_adv.nn.ImplicitEncoder` fed ``log(1 + x)``
+    and ``noise_dim`` noise dims, a 128 x 128 discriminator at twice the encoder's
+    learning rate, both decayed 20-fold, ``batch_size`` observations and
+    ``num_particles`` draws each per step.
+
+    :returns: namespace with ``encoder``, ``objective`` and ``history`` (of
+        :func:`~pyro_adv.training.fit`).
+    """
+    data = sample_training_observations(num_data, generator=torch.Generator().manual_seed(0))
+    _reset(seed)
+    encoder = ImplicitEncoder(
+        1, 2, noise_dim=noise_dim, hidden_dims=hidden_dims, context_transform=torch.log1p
+    )
+    avb = TraceAVB_ELBO(
+        num_particles=num_particles,
+        adaptive_contrast=adaptive_contrast,
+        discriminator_hidden_dims=(128, 128),
+    )
+    optim = two_timescale_adam(lr, discriminator_lr=2 * lr, num_steps=steps, decay=0.05)
+    svi = SVI(exponential_model, amortized_guide(encoder), optim, avb)
+    desc = "avb" if adaptive_contrast else "avb-plain"
+    history = fit(svi, steps, data, subsample_size=batch_size, desc=desc, progress=progress)
+    return SimpleNamespace(encoder=encoder, objective=avb, history=history)
+
+
 def fit_exponential_ali(
-    seed=0, steps=2500, num_simulations=1_000_000, num_pairs=100_000, batch_size=512
+    seed=0,
+    steps=2500,
+    num_simulations=1_000_000,
+    num_pairs=100_000,
+    batch_size=512,
+    lr=3e-3,
+    progress=False,
 ):
     """
     ``Trace_ALI`` from a fixed bank of prior-predictive simulations, spread over
     ``log(1 + x)``: the thesis's 3 x 20 tanh encoder with 3 noise dims, the default
-    discriminator, the encoder's weights averaged over the last third of the run.
+    discriminator (the thesis's 3 x 20 tanh one measured worse: Var(z1) at x = 1 off
+    by 10-30% across seeds) at 4 times the encoder's learning rate, the encoder's
+    weights averaged over the last third of the run.
 
-    :returns: namespace with ``encoder`` (the averaged encoder) and ``objective``.
+    :returns: namespace with ``encoder`` (the averaged encoder), ``objective`` and
+        ``history``.
     """
     _reset(seed)
     bank = spread_bank(simulate(exponential_model, 1, num_data=num_simulations), num_pairs)
@@ -314,14 +372,24 @@ def fit_exponential_ali(
         context_transform=torch.log1p,
     )
     ali = Trace_ALI(simulations=bank, context_transform=torch.log1p)
-    svi = SVI(exponential_model, amortized_guide(encoder), ali_adam(3e-3, steps, 4.0), ali)
+    svi = SVI(exponential_model, amortized_guide(encoder), ali_adam(lr, steps, 4.0), ali)
     # the players circle the equilibrium: average the guide's weights over the last third
     average = AveragedModel(encoder)
-    for step in range(steps):
-        svi.step(bank["x"][0], subsample_size=batch_size)
+
+    def callback(step, loss, stats):
         if step >= 2 * steps // 3:
             average.update_parameters(encoder)
-    return SimpleNamespace(encoder=average.module, objective=ali)
+
+    history = fit(
+        svi,
+        steps,
+        bank["x"][0],
+        subsample_size=batch_size,
+        desc="ali",
+        progress=progress,
+        callback=callback,
+    )
+    return SimpleNamespace(encoder=average.module, objective=ali, history=history)
 
 
 # ------------------------------------------------------- GAN samplers (3.2.1, 3.3.2.1)

@@ -15,10 +15,10 @@ from pyro_adv.models.recipes import (
     evaluate_gamma_poisson,
     failures,
     fit_conjugate_gaussian,
+    fit_exponential_avb,
     fit_gamma_poisson,
 )
 from pyro_adv.nn import ImplicitEncoder
-from pyro_adv.optim import two_timescale_adam
 
 
 def test_conjugate_gaussian_autoimplicit_defaults():
@@ -167,31 +167,10 @@ def test_nan_names_the_player():
 
 def test_exponential_posterior_amortized_encoder():
     """Thesis 4.2.1, amortized over observations from 0.25 to 40, queried at x = 1 and 30."""
-    from pyro_adv.models import (
-        amortized_guide,
-        exponential_model,
-        sample_training_observations,
-    )
-
-    data = sample_training_observations(4096, generator=torch.Generator().manual_seed(0))
-    encoder = ImplicitEncoder(1, 2, noise_dim=NOISE_DIM, context_transform=torch.log1p)
-    steps = 1500
-
-    elbo = TraceAVB_ELBO(num_particles=32, discriminator_hidden_dims=(128, 128))
-    svi = SVI(
-        exponential_model,
-        amortized_guide(encoder),
-        two_timescale_adam(5e-3, 1e-2, num_steps=steps, decay=0.05),
-        elbo,
-    )
-    for _ in range(steps):
-        svi.step(data, subsample_size=32)
+    fitted = fit_exponential_avb()
     # the tolerances, and the known gap at x=30, are in pyro_adv.models.recipes.TOLERANCES
-    errors, _ = evaluate_exponential(encoder, num_samples=5000)
+    errors, _ = evaluate_exponential(fitted.encoder, num_samples=5000)
     assert not failures("exponential_avb", errors), errors
-
-
-NOISE_DIM = 8
 
 
 def test_subsampled_elbo_is_unbiased_for_the_full_batch():
