@@ -56,6 +56,11 @@ def _load_table_files(outdir):
     return found
 
 
+def _load(entry):
+    load = entry.get("load_average")
+    return "n/a" if load is None else f"{load[0]:.1f} before, {load[1]:.1f} after"
+
+
 def write_report(outdir):
     """Rebuilds ``results.json`` and ``report.md`` from the table files in ``outdir``."""
     found = _load_table_files(outdir)
@@ -70,6 +75,7 @@ def write_report(outdir):
         lines += [
             f"*{entry['date']}; {entry['machine']}; suite `{entry['suite']}`, "
             f"seed {entry['seed']}; {entry['seconds']:.0f} s; "
+            f"load average {_load(entry)}; "
             f"`{entry['command']}`*",
             "",
             entry["markdown"],
@@ -95,6 +101,7 @@ def main(args):
     for name in names:
         title, module_name = TABLES[name]
         module = importlib.import_module(f"benchmarks.{module_name}")
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         rows, markdown = module.run(quick=quick, seed=args.seed, outdir=args.outdir)
         entry = {
@@ -104,6 +111,9 @@ def main(args):
             "suite": args.suite,
             "seed": args.seed,
             "seconds": time.perf_counter() - start,
+            # other work on the machine inflates the timings: the 1-minute load average
+            # before and after the run says how much was going on
+            "load_average": [load_before, os.getloadavg()[0]],
             "command": command,
             "rows": rows,
             "markdown": markdown,
