@@ -23,14 +23,6 @@ from pyro_adv.training import (
 
 
 @pytest.fixture
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def data():
     return ConjugateGaussian().simulate(10, generator=torch.Generator().manual_seed(0))[1]
 
@@ -77,7 +69,7 @@ def test_fit_plain_pyro_objective(data):
     assert more is history and history["step"][-1] == 34
 
 
-def test_fit_records_adversarial_stats(data, single_thread):
+def test_fit_records_adversarial_stats(data):
     cg = ConjugateGaussian()
     objective = TraceAVB_ELBO(num_particles=8, discriminator_hidden_dims=(8,))
     svi = SVI(
@@ -140,7 +132,7 @@ def _params():
 
 
 @pytest.mark.parametrize("kind", ["trace_elbo", "avb"])
-def test_checkpoint_resumes_exactly(kind, data, tmp_path, single_thread):
+def test_checkpoint_resumes_exactly(kind, data, tmp_path):
     k = 15
     pyro.set_rng_seed(123)
     fit(_make_svi(kind), 2 * k, data, progress=False)
@@ -191,7 +183,7 @@ def test_checkpoint_is_weights_only_and_checks_input(data, tmp_path):
         fit(svi, 1, data, checkpoint_every=1, progress=False)
 
 
-def test_avb_checkpoint_needs_step_arguments(data, tmp_path, single_thread):
+def test_avb_checkpoint_needs_step_arguments(data, tmp_path):
     svi = _make_svi("avb")
     fit(svi, 2, data, progress=False)
     path = tmp_path / "avb.pt"

@@ -14,14 +14,6 @@ from pyro_adv.models import ConjugateGaussian
 
 
 @pytest.fixture
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def conjugate():
     cg = ConjugateGaussian()
     _, x = cg.simulate(10, generator=torch.Generator().manual_seed(0))
@@ -38,7 +30,7 @@ def _group(data, name):
 
 
 @pytest.mark.parametrize("parallel", [True, False])
-def test_round_trip_summary_matches_samples(conjugate, parallel, single_thread):
+def test_round_trip_summary_matches_samples(conjugate, parallel):
     cg, x, guide = conjugate
     n = 2000 if parallel else 400
     idata = to_inference_data(cg.model, guide, x, num_samples=n, parallel=parallel, seed=0)
@@ -129,7 +121,7 @@ def test_plate_dims_and_constrained_sites():
     assert (np.asarray(posterior["scale"]) > 0).all()
 
 
-def test_implicit_guide_with_avb_objective(single_thread):
+def test_implicit_guide_with_avb_objective():
     cg = ConjugateGaussian()
     _, x = cg.simulate(10, generator=torch.Generator().manual_seed(0))
     guide = AutoImplicit(cg.model, hidden_dims=(32,))

@@ -33,15 +33,6 @@ def exact_guide(cg, widen=1.0):
 
 
 @pytest.fixture
-def single_thread():
-    # tiny networks: one thread beats two fighting over shared cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def conjugate():
     cg = ConjugateGaussian()
     _, x = cg.simulate(20, generator=torch.Generator().manual_seed(0))
@@ -130,7 +121,7 @@ def test_implicit_guide_needs_objective(conjugate):
         importance_log_weights(cg.model, guide, x, num_samples=10, objective=object())
 
 
-def test_khat_from_avb_discriminator_good_vs_shrunk(conjugate, single_thread):
+def test_khat_from_avb_discriminator_good_vs_shrunk(conjugate):
     cg, x = conjugate
     guide = implicit_guide(MLPGenerator(3, 2, hidden_dims=(32,)))
     objective = TraceAVB_ELBO(
@@ -176,7 +167,7 @@ def local_exact_guide(widen):
     return guide
 
 
-def test_khat_from_ali_discriminator_good_vs_shrunk(single_thread):
+def test_khat_from_ali_discriminator_good_vs_shrunk():
     # The guides are fixed (no parameters): only ALI's discriminator learns, here the
     # log ratio log p(x, z) / (p_D(x) q(z | x)) for the guide it is shown. For the exact
     # guide the true weights are constant; for the one shrunk 3x they have infinite

@@ -13,14 +13,6 @@ from pyro_adv.models import ConjugateGaussian
 from pyro_adv.nn import ImplicitEncoder
 
 
-@pytest.fixture
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def exact_amortized_guide(cg, shrink=1.0):
     """q(z | x) = the exact posterior of ``cg`` (global z), its scale divided by ``shrink``."""
 
@@ -33,7 +25,7 @@ def exact_amortized_guide(cg, shrink=1.0):
     return guide
 
 
-def test_sbc_exact_posterior_passes_and_shrunk_fails(single_thread):
+def test_sbc_exact_posterior_passes_and_shrunk_fails():
     cg = ConjugateGaussian()
     good = sbc(
         cg.model,
@@ -75,7 +67,7 @@ def local_model(A, noise):
     return model
 
 
-def test_sbc_avb_trained_implicit_encoder(single_thread):
+def test_sbc_avb_trained_implicit_encoder():
     # thesis 4.2.1 setup on a conjugate model: z_i ~ N(0, I), x_i | z_i ~ N(A z_i, 0.5^2 I),
     # an implicit encoder q(z | x) trained with AVB on fresh simulations each step
     cg = ConjugateGaussian(noise_scale=0.5)
@@ -133,7 +125,7 @@ def test_rank_uniformity_test_and_band():
     assert 0.9 < inside <= 1.0
 
 
-def test_sbc_plot_and_errors(single_thread):
+def test_sbc_plot_and_errors():
     cg = ConjugateGaussian()
     result = sbc(
         cg.model,

@@ -19,24 +19,15 @@ from pyro_adv.models.recipes import (
 from pyro_adv.nn import ImplicitEncoder, PairDiscriminator
 
 
-@pytest.fixture
-def one_thread():
-    """These networks are tiny: a second thread only adds synchronization."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- accuracy
-def test_exponential_posterior_at_x1_and_x30(one_thread):
+def test_exponential_posterior_at_x1_and_x30():
     # thesis 4.2.1: one amortized posterior, trained from a fixed bank of simulations
     fitted = fit_exponential_ali()
     errors, _ = evaluate_exponential(fitted.encoder, num_samples=20000)
     assert not failures("exponential_ali", errors), errors
 
 
-def test_conjugate_gaussian_implicit_simulator_amortized(one_thread):
+def test_conjugate_gaussian_implicit_simulator_amortized():
     # x = A z + sigma eps is only simulated (an ImplicitDistribution). The posterior is
     # amortized over data sets of 2 observations from the prior predictive: the data sets
     # sit in a plate, so z is plate-local and each data set is one (x, z) pair.
@@ -83,7 +74,7 @@ def test_conjugate_gaussian_implicit_simulator_amortized(one_thread):
         assert ((ratio - 1).abs() < 0.2).all(), ratio
 
 
-def test_full_ali_learns_decoder_scale(one_thread):
+def test_full_ali_learns_decoder_scale():
     # BiGAN: the decoder's noise scale is trained through the simulated pairs
     design = torch.tensor([[1.0], [0.5]])
     truth = 0.5
