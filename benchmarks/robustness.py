@@ -93,7 +93,7 @@ TASKS = {
         _gamma_poisson,
     ),
     "exponential_avb": (
-        "exponential posterior, amortized AVB, x = 1 and 30 (1500 steps)",
+        "exponential posterior, amortized AVB, x = 1 and 30 (3000 steps)",
         _exponential_avb,
     ),
     "exponential_ali": (

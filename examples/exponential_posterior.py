@@ -153,7 +153,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--methods", default="avb,ali", help="comma-separated: " + ", ".join(METHODS)
     )
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument(
         "--num-data", type=int, default=4096, help="AVB training observations (fixed, seed 0)"
     )
