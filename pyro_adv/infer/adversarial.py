@@ -221,6 +221,26 @@ class AdversarialObjective(ELBO):
         if divergence is not None:
             divergence.after_update(module)
 
+    def _evaluate(self, model, guide, args, kwargs, num_particles=None):
+        """
+        One run of ``_losses`` without gradients and without training, with
+        ``num_particles`` vectorized particles (the training setting if ``None``),
+        e.g. for importance diagnostics; the training settings are restored after.
+        A run trained with one particle had no particle plate, so the bound on
+        plate nesting gets room for one.
+        """
+        self._prepare(model, guide, args, kwargs)
+        saved = self.num_particles, self.max_plate_nesting
+        if num_particles is not None:
+            if self.vectorize_particles and self.num_particles == 1 and num_particles > 1:
+                self.max_plate_nesting += 1
+            self.num_particles = int(num_particles)
+        try:
+            with torch.no_grad():
+                return self._losses(model, guide, args, kwargs)
+        finally:
+            self.num_particles, self.max_plate_nesting = saved
+
     def loss(self, model, guide, *args, **kwargs):
         """
         :returns: the objective's loss estimate (for AVB the negative ELBO) without

@@ -699,16 +699,7 @@ class Trace_ALI(AdversarialObjective):
             )
         if int(num_samples) != num_samples or num_samples < 2:
             raise ValueError(f"{name}: num_samples must be an integer >= 2, got {num_samples}")
-        self._prepare(model, guide, args, kwargs)
-        saved = self.num_particles, self.max_plate_nesting
-        if self.num_particles == 1:
-            self.max_plate_nesting += 1  # room for the particle plate training did not need
-        self.num_particles = int(num_samples)
-        try:
-            with torch.no_grad():
-                self._losses(model, guide, args, kwargs)
-        finally:
-            self.num_particles, self.max_plate_nesting = saved
+        self._evaluate(model, guide, args, kwargs, num_samples)
         return self._last_log_ratio
 
 

@@ -368,15 +368,7 @@ class TraceAVB_ELBO(AdversarialObjective):
 
         :returns: a tensor of shape ``(num_samples,)``.
         """
-        old = self.num_particles
-        if num_samples is not None:
-            self.num_particles = int(num_samples)
-        try:
-            self._prepare(model, guide, args, kwargs)
-            with torch.no_grad():
-                self._losses(model, guide, args, kwargs)
-        finally:
-            self.num_particles = old
+        self._evaluate(model, guide, args, kwargs, num_samples)
         return self._last_log_weights
 
 

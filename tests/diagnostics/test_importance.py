@@ -144,6 +144,18 @@ def test_khat_from_avb_discriminator_good_vs_shrunk(conjugate):
     assert good.log_evidence == pytest.approx(exact.mean().item(), abs=0.5)
 
 
+def test_avb_weights_after_training_with_one_particle(conjugate):
+    # trained with one particle there is no particle plate: the diagnostic's draws need one
+    cg, x = conjugate
+    guide = implicit_guide(MLPGenerator(3, 2, hidden_dims=(8,)))
+    objective = TraceAVB_ELBO(num_particles=1)
+    SVI(cg.model, guide, pyro.optim.Adam({"lr": 1e-3}), objective).step(x)
+    nesting = objective.max_plate_nesting
+    lw = importance_log_weights(cg.model, guide, x, num_samples=100, objective=objective)
+    assert lw.shape == (100,) and torch.isfinite(lw).all()
+    assert (objective.num_particles, objective.max_plate_nesting) == (1, nesting)
+
+
 # ---------------------------------------------------------------- from ALI's discriminator
 PRIOR_SD, NOISE_SD = 1.0, 0.5
 POST_VAR = 1 / (PRIOR_SD**-2 + NOISE_SD**-2)
