@@ -36,7 +36,7 @@ from pyro_adv.models.gan_targets import (  # noqa: E402
     bivariate_normal_target,
     sample_bivariate_normal,
 )
-from pyro_adv.optim import two_timescale_adam  # noqa: E402
+from pyro_adv.models.recipes import gan_adam, no_guide  # noqa: E402
 from pyro_adv.plotting import plot_density_contours  # noqa: E402
 from pyro_adv.training import fit  # noqa: E402
 
@@ -44,15 +44,7 @@ from pyro_adv.training import fit  # noqa: E402
 def two_timescale(args):
     """Adam, the discriminator a few times faster (TTUR), the generator's rate decaying."""
     # ClippedAdam's default clamp (10) is kept: the README's tables were measured with it
-    return two_timescale_adam(
-        args.lr,
-        discriminator_lr=args.disc_lr,
-        num_steps=args.steps,
-        decay=args.decay,
-        decay_discriminator=False,
-        betas=(0.5, 0.999),
-        clip_norm=10.0,
-    )
+    return gan_adam(args.lr, args.disc_lr, args.steps, decay=args.decay, clip_norm=10.0)
 
 
 def make_svi(name, args, objective=None):
@@ -67,7 +59,7 @@ def make_svi(name, args, objective=None):
         objective = Trace_GAN(
             name, discriminator_hidden_dims=(40, 40), discriminator_activation="tanh"
         )
-    return gan, SVI(gan, lambda *a, **k: None, two_timescale(args), loss=objective)
+    return gan, SVI(gan, no_guide, two_timescale(args), loss=objective)
 
 
 def summarize(samples):

@@ -42,7 +42,7 @@ from pyro_adv.models.gan_targets import (  # noqa: E402
     mixture_log_density,
     sample_mixture,
 )
-from pyro_adv.optim import two_timescale_adam  # noqa: E402
+from pyro_adv.models.recipes import gan_adam, no_guide  # noqa: E402
 from pyro_adv.training import fit  # noqa: E402
 
 #: thesis Table 1 (mean, sd)
@@ -50,16 +50,9 @@ THESIS = {"kl": (2.09541, 0.95154), "reverse_kl": (2.99796, 0.30128)}
 
 
 def two_timescale(args):
+    """Adam, the discriminator a few times faster (TTUR), the generator's rate decaying."""
     # ClippedAdam's default clamp (10) is kept: the README's tables were measured with it
-    return two_timescale_adam(
-        args.lr,
-        discriminator_lr=args.disc_lr,
-        num_steps=args.steps,
-        decay=args.decay,
-        decay_discriminator=False,
-        betas=(0.5, 0.999),
-        clip_norm=10.0,
-    )
+    return gan_adam(args.lr, args.disc_lr, args.steps, decay=args.decay, clip_norm=10.0)
 
 
 def train(name, data, args, objective=None):
@@ -80,7 +73,7 @@ def train(name, data, args, objective=None):
             data, loc=args.init_loc, scale=args.init_scale, subsample_size=subsample_size
         )
 
-    svi = SVI(model, lambda *a, **k: None, two_timescale(args), loss=objective)
+    svi = SVI(model, no_guide, two_timescale(args), loss=objective)
     start = time.perf_counter()
     fit(
         svi,

@@ -193,8 +193,12 @@ def ali_adam(lr, steps, discriminator_ratio):
     )
 
 
-def gan_adam(lr, discriminator_lr, steps, decay=1.0):
-    """Adam with a faster discriminator (TTUR) and the generator's rate decayed by ``decay``."""
+def gan_adam(lr, discriminator_lr, steps, decay=1.0, clip_norm=1e6):
+    """
+    Adam with a faster discriminator (TTUR), GAN momentum (beta1 = 0.5) and the
+    generator's rate decayed by ``decay``; ``clip_norm`` is ClippedAdam's gradient clamp
+    (the tests' 1e6 leaves gradients alone, the examples keep Pyro's default 10).
+    """
     return two_timescale_adam(
         lr,
         discriminator_lr=discriminator_lr,
@@ -202,7 +206,7 @@ def gan_adam(lr, discriminator_lr, steps, decay=1.0):
         decay=decay,
         decay_discriminator=False,
         betas=(0.5, 0.999),
-        clip_norm=1e6,
+        clip_norm=clip_norm,
     )
 
 
