@@ -22,3 +22,19 @@ def test_overhead_rows_are_timings(tmp_path):
     main(parse_args(["--suite", "quick", "--tables", "overhead", "--outdir", str(tmp_path)]))
     (row,) = json.loads((tmp_path / "overhead.json").read_text())["rows"]
     assert row["svi_ms_per_step"] > 0 and row["manual_ms_per_step"] > 0
+
+
+def test_zoo_quick_rows_cover_every_model_and_method():
+    from benchmarks import zoo
+    from pyro_adv.models.zoo import ZOO
+
+    rows, markdown = zoo.run(quick=True)
+    expected = {(m, k) for m in ZOO for k in ["reference", *zoo.METHODS]}
+    assert {(r["model"], r["method"]) for r in rows} == expected
+    # only the methods can crash (and then the table says so); the reference rows and
+    # Pyro's own guides always give numbers
+    for r in rows:
+        if r["method"] != "AutoImplicit + AVB":
+            assert "error" not in r, r
+            assert 0.0 <= r["c2st"] <= 1.0 and r["sd_ratio_min"] <= r["sd_ratio_max"]
+    assert markdown.count("\n| ") == len(rows) + 1
