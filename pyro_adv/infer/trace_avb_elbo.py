@@ -1,23 +1,31 @@
 r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2)."""
 
 import math
+import warnings
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import site_is_subsample
+from pyro.util import check_model_guide_match, check_site_shape
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.util import (
+    PARTICLE_PLATE,
     check_latents,
     context_features,
     flat_features,
     group_implicit_sites,
     particle_sum,
+    plate_frames,
+    select_particle,
+    stack_traces,
     unconstrained,
+    upstream_sites,
 )
 from pyro_adv.nn.discriminators import Discriminator, PairDiscriminator
 
@@ -58,13 +66,38 @@ class TraceAVB_ELBO(AdversarialObjective):
     too thin that way). Plain AVB (``adaptive_contrast=False``: :math:`r` = the
     prior, the discriminator sees :math:`z` against prior draws) under-disperses.
 
-    Where the discriminator looks: latents outside every plate are seen jointly
-    as :math:`T(z)`; latents inside a :class:`~pyro.plate` are seen as
-    :math:`T(x_i, z_i)`, with :math:`x_i` the observed values in that plate, and
-    subsampled plates are scaled like Pyro's other ELBOs. Constrained latents are
-    handled in the unconstrained space of their support (the KL is invariant
-    under the bijection). Explicit guide sites mixed in are scored by their
-    ``log_prob``; they must be reparameterizable.
+    **Where the discriminator looks.** The guide's density factorizes along its
+    plates, :math:`q(g)\prod_i q(z_i \mid g, x_i)`: a :class:`~pyro.plate`
+    declares its draws conditionally independent given what was sampled outside
+    it. AVB follows that factorization, as Pyro's ``AutoStructured`` does, rather
+    than discriminating the joint of globals and all locals (as
+    ``AutoMultivariateNormal`` would): the joint grows with the data and cannot be
+    subsampled, while the conditionals can. So
+
+    * latents outside every plate form one *global* group, seen as :math:`T(g)`;
+    * latents in a plate form a *local* group per plate set, seen as
+      :math:`T(x_i, g, z_i)`: :math:`x_i` are the observed values that share the
+      plates and :math:`g` the *upstream* latents, those the guide sampled earlier
+      in fewer plates (globals; outer-plate latents in nested plates). Leaving
+      :math:`g` out would estimate the marginal :math:`q(z_i \mid x_i)` and
+      overstate the entropy by the mutual information of :math:`z_i` and
+      :math:`g`;
+    * the sites of one joint draw (:class:`~pyro_adv.infer.autoguide.AutoImplicit`)
+      form one group, seen as one flat vector (each latent once).
+
+    With adaptive contrast the reference of a group with upstream latents is the
+    conditional Gaussian :math:`r(z \mid g)` of the joint moments of
+    :math:`(g, z)`. Subsampled plates are scaled like Pyro's other ELBOs.
+    Constrained latents are handled in the unconstrained space of their support
+    (the KL is invariant under the bijection). Explicit guide sites mixed in are
+    scored by their ``log_prob``; they must be reparameterizable.
+
+    **Models that do not broadcast.** Particles are vectorized under a leftmost
+    :class:`~pyro.plate` where model and guide broadcast. Where they do not (for
+    example ``Bernoulli(logits=X @ w)``), the first step finds out, warns once, and
+    runs the model (and, if needed, the guide) once per particle: the estimate is
+    the same, only slower (:attr:`particle_mode`). With validation on, Pyro's
+    model/guide checks run on the first particle's traces, with Pyro's messages.
 
     One :meth:`~pyro.infer.SVI.step` updates guide, model and discriminators
     together (one backward); discriminators live in the param store as
@@ -137,21 +170,151 @@ class TraceAVB_ELBO(AdversarialObjective):
         self.discriminator_activation = discriminator_activation
         self.discriminator_factory = discriminator
         self.divergence = Minimax()  # logistic regression: the logit estimates log q / r
+        self._particle_mode = None
+        if self.num_particles == 1 and self.max_plate_nesting != float("inf"):
+            self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
 
     # ------------------------------------------------------------------ traces
+    def _vectorized_num_particles(self, fn):
+        # Always a particle plate, even of size 1: the reference draws take its slot.
+        return pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting)(fn)
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        super()._guess_max_plate_nesting(model, guide, args, kwargs)
+        if self.num_particles == 1:
+            self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
+
+    def _prepare(self, model, guide, args, kwargs):
+        super()._prepare(model, guide, args, kwargs)
+        key = (id(model), id(guide), self.num_particles, self.max_plate_nesting)
+        if self._particle_mode is None or self._particle_mode[0] != key:
+            self._particle_mode = (key, self._detect_particle_mode(model, guide, args, kwargs))
+
+    @property
+    def particle_mode(self):
+        """
+        How particles are drawn, found on the first step: ``"vectorized"`` (one
+        run of guide and model under a particle plate), ``"model_sequential"`` (the
+        guide vectorized, the model run once per particle because it does not
+        broadcast, e.g. ``X @ w``), ``"sequential"`` (the guide does not broadcast
+        either), or ``None`` before the first step.
+        """
+        return None if self._particle_mode is None else self._particle_mode[1]
+
+    def _detect_particle_mode(self, model, guide, args, kwargs):
+        # The estimator is the same in every mode; only the number of runs differs.
+        # Pyro's vectorized ELBOs simply fail on such models; Trace_ELBO runs particles
+        # one by one, so the same model must work here as written.
+        errors = (RuntimeError, ValueError, IndexError, TypeError)
+        with torch.no_grad(), poutine.block():
+            try:
+                guide_trace = poutine.trace(self._vectorized_num_particles(guide)).get_trace(
+                    *args, **kwargs
+                )
+            except errors:
+                mode = "sequential"
+            else:
+                try:
+                    model_trace = poutine.trace(
+                        poutine.replay(self._vectorized_num_particles(model), trace=guide_trace)
+                    ).get_trace(*args, **kwargs)
+                    # a model can also broadcast wrongly without failing: a site whose
+                    # batch shape outgrows the plates (Pyro's own shape check finds it)
+                    model_trace.compute_log_prob()
+                    for site in model_trace.nodes.values():
+                        if site["type"] == "sample" and not site_is_subsample(site):
+                            check_site_shape(site, self.max_plate_nesting)
+                    mode = "vectorized"
+                except errors:
+                    mode = "model_sequential"
+        if mode != "vectorized":
+            warnings.warn(
+                f"TraceAVB_ELBO: the {'guide' if mode == 'sequential' else 'model'} does not "
+                "broadcast over a leftmost particle dimension (e.g. it uses `X @ w` or "
+                f"reshapes a latent), so its {self.num_particles} particles are run one at a "
+                "time. The estimate is the same, only slower; write it to broadcast (e.g. "
+                "`(X * w).sum(-1)`) to vectorize.",
+                stacklevel=3,
+            )
+        return mode
+
     def _traces(self, model, guide, args, kwargs):
-        guide = self._vectorized_num_particles(guide)
-        model = self._vectorized_num_particles(model)
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        """
+        The guide trace and the model trace replayed against it, in the vectorized
+        layout (particles on the leftmost of ``max_plate_nesting`` dims), whatever
+        :attr:`particle_mode` is. Model ``log_prob`` and explicit guide ``log_prob``
+        (scaled and masked) are computed.
+        """
+        mode = self.particle_mode or "vectorized"
+        nesting = self.max_plate_nesting
+        if mode == "sequential":
+            guide_traces, model_traces = [], []
+            for _ in range(self.num_particles):
+                g = poutine.trace(guide).get_trace(*args, **kwargs)
+                m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
+                _score_explicit(g)
+                m.compute_log_prob()
+                if not guide_traces:
+                    self._validate(m, g, nesting - 1)
+                guide_traces.append(g)
+                model_traces.append(m)
+            return stack_traces(model_traces, nesting), stack_traces(guide_traces, nesting)
+        guide_trace = poutine.trace(self._vectorized_num_particles(guide)).get_trace(
             *args, **kwargs
         )
+        _score_explicit(guide_trace)
+        model_trace = self._run_model(model, guide_trace, args, kwargs)
         return model_trace, guide_trace
 
-    def _make_discriminator(self, key, local):
+    def _run_model(self, model, guide_trace, args, kwargs, resample=()):
+        """
+        The model replayed against ``guide_trace`` (vectorized layout), its sites in
+        ``resample`` drawn afresh from the model instead; one run per particle where
+        the model does not broadcast.
+        """
+        nesting = self.max_plate_nesting
+        keep = poutine.Trace()
+        for name, site in guide_trace.nodes.items():
+            if name not in resample:
+                keep.add_node(name, **site)
+        if self.particle_mode in (None, "vectorized"):
+            trace = poutine.trace(
+                poutine.replay(self._vectorized_num_particles(model), trace=keep)
+            ).get_trace(*args, **kwargs)
+            trace.compute_log_prob()
+            if not resample:
+                self._validate(trace, guide_trace, nesting)
+            return trace
+        traces = []
+        for p in range(self.num_particles):
+            one = poutine.Trace()
+            for name, site in keep.nodes.items():
+                site = dict(site)
+                if site["type"] == "sample" and not site_is_subsample(site):
+                    site["value"] = select_particle(
+                        site["value"], site["fn"].event_dim, p, nesting, plate_frames(site)
+                    )
+                one.add_node(name, **site)
+            trace = poutine.trace(poutine.replay(model, trace=one)).get_trace(*args, **kwargs)
+            trace.compute_log_prob()
+            if not resample and p == 0:
+                self._validate(trace, one, nesting - 1)
+            traces.append(trace)
+        return stack_traces(traces, nesting)
+
+    @staticmethod
+    def _validate(model_trace, guide_trace, nesting):
+        # Pyro's own checks, with its messages: shapes, missing and extra sites.
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, guide_trace, nesting)
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample" and not site_is_subsample(site):
+                    check_site_shape(site, nesting)
+
+    def _make_discriminator(self, key, paired):
         if self.discriminator_factory is not None:
             return lambda: self.discriminator_factory(key)
-        cls = PairDiscriminator if local else Discriminator
+        cls = PairDiscriminator if paired else Discriminator
         return lambda: cls(self.discriminator_hidden_dims, self.discriminator_activation)
 
     def _losses(self, model, guide, args, kwargs):
@@ -165,12 +328,10 @@ class TraceAVB_ELBO(AdversarialObjective):
                     "AVB must evaluate; use pyro_adv.infer.Trace_ALI, which only simulates it."
                 )
         nesting = self.max_plate_nesting
-        particle_dim = 0 if self.num_particles > 1 else None
         groups = group_implicit_sites(guide_trace, latents)
         implicit = {n for g in groups.values() for n in g.names}
 
         # log p(x, z) per particle; plain AVB leaves the implicit sites' prior to T
-        model_trace.compute_log_prob()
         log_p = 0.0
         for site_name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_name not in latents and not site["is_observed"]:
@@ -178,7 +339,7 @@ class TraceAVB_ELBO(AdversarialObjective):
             if site_name in implicit and not self.adaptive_contrast:
                 continue
             # Pyro's log_prob is already scaled (subsampling) and masked
-            log_p = log_p + particle_sum(site["log_prob"], nesting, particle_dim)
+            log_p = log_p + particle_sum(site["log_prob"], nesting, 0)
 
         # explicit guide sites are scored by their own density
         log_q_explicit = 0.0
@@ -191,40 +352,37 @@ class TraceAVB_ELBO(AdversarialObjective):
                     f"{name}: guide site '{site_name}' ({type(site['fn']).__name__}) is not "
                     "reparameterizable; AVB needs pathwise gradients through every guide site."
                 )
-            lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
-            log_q_explicit = log_q_explicit + particle_sum(lp, nesting, particle_dim)
+            log_q_explicit = log_q_explicit + particle_sum(site["log_prob"], nesting, 0)
 
         d_losses, acc_real, acc_fake = [], [], []
         log_q_implicit = 0.0
+        reference_trace = None
         for group in groups.values():
-            us, ladj = [], 0.0
-            for site_name in group.names:
-                u, u_event_dim, site_ladj = unconstrained(
-                    guide_trace.nodes[site_name], model_trace.nodes[site_name]
-                )
-                us.append(flat_features(u, u_event_dim, nesting))
-                if self.adaptive_contrast:
-                    ladj = ladj + particle_sum(
-                        site_ladj * guide_trace.nodes[site_name]["scale"], nesting, particle_dim
-                    )
-            scale = guide_trace.nodes[group.names[0]]["scale"]
-            u = _cat_features(us, nesting)
-            context = context_features(model_trace, group, nesting, particle_dim)
-            if group.joint is not None:
-                # one joint draw per particle: discriminate the whole flattened vector
-                u = u.reshape(u.shape[0] if particle_dim is not None else 1, -1)
+            upstream = upstream_sites(guide_trace, group, latents)
+            u, ladj = self._group_value(group, guide_trace, model_trace)
+            up = self._upstream_value(group, upstream, guide_trace, model_trace)
+            context = context_features(model_trace, group, nesting, 0)
             if self.adaptive_contrast:
-                reference = self._reference_draws(
-                    group, guide, args, kwargs, model_trace, guide_trace
-                )
+                if reference_trace is None:
+                    reference_trace = self._reference_trace(guide, args, kwargs, guide_trace)
+                ref_u, _ = self._group_value(group, reference_trace, model_trace)
+                ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
+                log_q, d_loss, accs = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:
-                reference = self._prior_draws(group, model_trace, guide_trace, nesting)
-            log_q, d_loss, accs = self._group_terms(group, u, context, reference)
+                with torch.no_grad(), poutine.block():
+                    prior_trace = self._run_model(
+                        model, guide_trace, args, kwargs, resample=set(group.names)
+                    )
+                prior_u, _ = self._group_value(group, prior_trace, prior_trace)
+                log_q, d_loss, accs = self._plain_terms(group, u, up, context, prior_u)
+            scale = guide_trace.nodes[group.names[0]]["scale"]
             if group.joint is None:
-                log_q = particle_sum(log_q * scale, nesting, particle_dim)
+                log_q = particle_sum(log_q * scale, nesting, 0)
             else:
                 log_q = log_q * scale
-            log_q_implicit = log_q_implicit + log_q - ladj
+            if self.adaptive_contrast:
+                log_q = log_q - ladj  # from log q_u to log q_z
+            log_q_implicit = log_q_implicit + log_q
             d_losses.append(d_loss)
             acc_real.append(accs[0])
             acc_fake.append(accs[1])
@@ -247,115 +405,184 @@ class TraceAVB_ELBO(AdversarialObjective):
             log_prior = 0.0
             for site_name in implicit:
                 site = model_trace.nodes[site_name]
-                log_prior = log_prior + particle_sum(site["log_prob"], nesting, particle_dim)
+                log_prior = log_prior + particle_sum(site["log_prob"], nesting, 0)
             stats["kl"] = _mean(log_q_implicit - log_prior).item()
         elif groups:
             stats["kl"] = _mean(log_q_implicit).item()
         self._last_log_weights = elbo_particles.detach()
         return loss, loss, d_loss, stats
 
-    def _group_terms(self, group, u, context, reference):
+    # ---------------------------------------------------------------- features
+    def _group_value(self, group, guide_trace, model_trace):
         """
-        Discriminator loss and the estimate of ``log q`` (adaptive contrast) or of
-        ``log q - log p`` (plain AVB) for one group, per particle and context.
+        The group's unconstrained value in the padded layout (particles on dim 0,
+        one feature dim) and ``log |dz/du|`` in the same batch layout without the
+        feature dim. A joint group is one flat vector per particle: each site
+        flattened over its own plates, never copied across another site's plates.
+        """
+        nesting = self.max_plate_nesting
+        parts, ladj = [], 0.0
+        for site_name in group.names:
+            u, u_event_dim, site_ladj = unconstrained(
+                guide_trace.nodes[site_name], model_trace.nodes[site_name]
+            )
+            parts.append(flat_features(u, u_event_dim, nesting))
+            site_ladj = site_ladj * guide_trace.nodes[site_name]["scale"]
+            ladj = ladj + particle_sum(site_ladj, nesting, 0)
+        if group.joint is not None:
+            return _per_particle(parts), ladj
+        return _cat_features(parts, nesting), ladj
 
-        With adaptive contrast ``reference`` holds extra guide draws (no gradient)
-        that fix the Gaussian ``r`` and train the discriminator; otherwise it
-        holds prior draws, the discriminator's negatives.
-        """
-        if self.adaptive_contrast:
-            # r comes from some draws, the discriminator's positives from others: they and
-            # the gradient particles are independent of r, so the discriminator is trained
-            # on the distribution it scores. Many draws keep r's noise (which blurs what the
-            # discriminator sees across steps) small.
-            m = self.moment_particles
-            loc, chol, log_det = self._gaussian_moments(reference[:m])
-            real = _whiten(reference[m:], loc, chol)
-            fake = torch.randn_like(real)
-            z = _whiten(u, loc, chol)
-            log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
-        else:
-            real, fake, z, log_r = u.detach(), reference, u, 0.0
-        local = context is not None
-        make = self._make_discriminator(group.key, local)
-        if local:
-            ctx = lambda v: context.expand(v.shape[:-1] + context.shape[-1:])  # noqa: E731
-            disc = self.discriminator(group.key, _example_input((ctx(real), real)), make)
-            real_logits = disc(ctx(real), real.detach())
-            fake_logits = disc(ctx(fake), fake)
-            t = self.frozen(disc)(ctx(z), z)
-        else:
-            disc = self.discriminator(group.key, real, make)
-            real_logits = disc(real.detach())
-            fake_logits = disc(fake)
-            t = self.frozen(disc)(z)
-        d_loss = self.divergence.discriminator_loss(real_logits, fake_logits)
-        accs = self.divergence.accuracy(real_logits, fake_logits)
-        return t + log_r, d_loss, accs
+    def _upstream_value(self, group, upstream, guide_trace, model_trace):
+        """The upstream latents' unconstrained values laid out like the group's value."""
+        if not upstream:
+            return None
+        nesting = self.max_plate_nesting
+        parts = []
+        for site_name in upstream:
+            u, u_event_dim, _ = unconstrained(
+                guide_trace.nodes[site_name], model_trace.nodes[site_name]
+            )
+            parts.append(flat_features(u, u_event_dim, nesting))
+        if group.joint is not None:
+            return _per_particle(parts)
+        return _cat_features(parts, nesting)
 
-    def _reference_draws(self, group, guide, args, kwargs, model_trace, guide_trace):
+    def _reference_trace(self, guide, args, kwargs, guide_trace):
         """
-        ``moment_particles + discriminator_particles`` extra draws of the group from
-        the guide, without gradient,
-        in the padded layout (draws on dim 0). Subsampled plates keep the indices of
-        this step's guide trace so the draws share its contexts.
+        ``moment_particles + discriminator_particles`` extra joint draws from the
+        guide, without gradient, in the vectorized layout (draws on dim 0).
+        Subsampled plates keep the indices of this step's guide trace so the draws
+        share its contexts.
         """
         subsample = poutine.Trace()
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and site_is_subsample(site):
                 subsample.add_node(name, **site)
-        draws = pyro.plate(
-            "avb_reference_particles",
-            self.moment_particles + self.discriminator_particles,
-            dim=-self.max_plate_nesting,
-        )(poutine.replay(guide, trace=subsample))
+        num_draws = self.moment_particles + self.discriminator_particles
+        guide = poutine.replay(guide, trace=subsample)
         with torch.no_grad(), poutine.block():
-            trace = poutine.trace(draws).get_trace(*args, **kwargs)
-        parts = []
-        for name in group.names:
-            u, u_event_dim, _ = unconstrained(trace.nodes[name], model_trace.nodes[name])
-            parts.append(flat_features(u, u_event_dim, self.max_plate_nesting))
-        u = _cat_features(parts, self.max_plate_nesting)
-        if group.joint is not None:
-            u = u.reshape(u.shape[0], -1)
-        return u
+            if self.particle_mode == "sequential":
+                traces = [poutine.trace(guide).get_trace(*args, **kwargs) for _ in range(num_draws)]
+                return stack_traces(traces, self.max_plate_nesting)
+            draws = pyro.plate("avb_reference_particles", num_draws, dim=-self.max_plate_nesting)(
+                guide
+            )
+            return poutine.trace(draws).get_trace(*args, **kwargs)
 
-    def _gaussian_moments(self, draws):
+    # ------------------------------------------------------------ the two games
+    def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
         """
-        The Gaussian ``r`` of adaptive contrast, from draws on dim 0: per context
-        ``(mean, L, log |det L|)`` with ``L L^T`` the sample covariance ("full") or
-        its diagonal ("diagonal", ``L`` then holds standard deviations).
+        Adaptive contrast for one group: the estimate of ``log q_u`` per particle
+        and context, the discriminator loss and its accuracies.
+
+        ``r`` is the Gaussian of the guide's own moments, *conditioned on the
+        upstream latents* when there are any: from the joint mean and covariance of
+        (upstream, group) over the reference draws, ``r(u | up) = N(mu_u + A (up -
+        mu_up), S)`` with ``A = C_{u,up} C_{up,up}^{-1}`` and ``S`` the Schur
+        complement. Any fixed conditional ``r`` leaves the AVB identity exact; this
+        one makes the ratio left to the discriminator close to one. r comes from
+        some draws, the discriminator's positives from others, so the discriminator
+        is trained on the distribution it scores.
+        """
+        m = self.moment_particles
+        whiten, log_det = self._conditional_gaussian(ref_u[:m], None if up is None else ref_up[:m])
+        real_up = None if up is None else ref_up[m:]
+        real = whiten(ref_u[m:], real_up)
+        fake = torch.randn_like(real)
+        z = whiten(u, up)
+        log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
+        t, d_loss, accs = self._discriminate(
+            group, z, _join(context, up), real, fake, _join(context, real_up)
+        )
+        return t + log_r, d_loss, accs
+
+    def _plain_terms(self, group, u, up, context, prior_u):
+        """
+        Plain AVB for one group: the discriminator tells guide draws from draws of
+        the model's prior given the same upstream latents; its logit estimates
+        ``log q_u - log p_u``.
+        """
+        ctx = _join(context, up)
+        return self._discriminate(group, u, ctx, u.detach(), prior_u, ctx)
+
+    def _discriminate(self, group, z, ctx, real, fake, real_ctx):
+        """
+        Trains the group's discriminator on ``real`` (guide) against ``fake``
+        (reference) draws, both seen with ``real_ctx``, and returns its frozen logit
+        at the gradient particles ``z`` (seen with ``ctx``), the loss and accuracies.
+        """
+        make = self._make_discriminator(group.key, ctx is not None)
+        if ctx is None:
+            disc = self.discriminator(group.key, real, make)
+            real_logits = disc(real.detach())
+            fake_logits = disc(fake)
+            t = self.frozen(disc)(z)
+        else:
+            real_ctx = real_ctx.detach()
+
+            def expand(c, v):
+                return c.expand(torch.broadcast_shapes(c.shape[:-1], v.shape[:-1]) + c.shape[-1:])
+
+            example = _example_input((expand(real_ctx, real), real))
+            disc = self.discriminator(group.key, example, make)
+            real_logits = disc(expand(real_ctx, real), real.detach())
+            fake_logits = disc(expand(real_ctx, fake), fake)
+            t = self.frozen(disc)(expand(ctx, z), z)
+        d_loss = self.divergence.discriminator_loss(real_logits, fake_logits)
+        accs = self.divergence.accuracy(real_logits, fake_logits)
+        return t, d_loss, accs
+
+    def _conditional_gaussian(self, draws, up_draws):
+        """
+        The Gaussian ``r`` of adaptive contrast from draws on dim 0, conditioned on
+        ``up_draws`` (upstream latents, or ``None``). Returns ``whiten(u, up)``,
+        mapping draws to ``L^{-1}(u - E_r[u | up])``, and ``log |det L|``. The
+        covariance is full when there are at least four draws per dimension of
+        (upstream, group), diagonal and unconditional otherwise, or as forced by
+        ``adaptive_contrast``.
         """
         k, d = draws.shape[0], draws.shape[-1]
+        d_up = 0 if up_draws is None else up_draws.shape[-1]
         mode = self.adaptive_contrast
         if mode is True:
             # a full covariance needs comfortably more draws than dimensions
-            mode = "full" if k >= 4 * d and d > 1 else "diagonal"
-        loc = draws.mean(0, keepdim=True)
-        centred = draws - loc
+            mode = "full" if k >= 4 * (d + d_up) and d + d_up > 1 else "diagonal"
         if mode == "diagonal":
-            std = centred.pow(2).mean(0, keepdim=True).clamp_min(1e-12).sqrt()
-            return loc, std, std.log().sum(-1)
-        batch = centred.movedim(0, -2)  # (..., k, d)
-        cov = batch.transpose(-1, -2) @ batch / k
+            loc = draws.mean(0, keepdim=True)
+            std = (draws - loc).pow(2).mean(0, keepdim=True).clamp_min(1e-12).sqrt()
+            return (lambda u, up: (u - loc) / std), std.log().sum(-1)
+        if d_up:
+            shape = torch.broadcast_shapes(draws.shape[:-1], up_draws.shape[:-1])
+            joint = torch.cat([up_draws.expand(shape + (d_up,)), draws.expand(shape + (d,))], -1)
+        else:
+            joint = draws
+        loc = joint.mean(0, keepdim=True)
+        centred = (joint - loc).movedim(0, -2)  # (..., k, D)
+        cov = centred.transpose(-1, -2) @ centred / k
         jitter = 1e-6 * cov.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(1e-12)
         cov = cov + torch.diag_embed(jitter.expand(cov.shape[:-1]))
-        chol = torch.linalg.cholesky(cov).unsqueeze(0)
-        return loc, chol, chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        loc_up, loc_u = loc[..., :d_up], loc[..., d_up:]
+        cov_uu = cov[..., d_up:, d_up:]
+        if d_up:
+            cov_upup = cov[..., :d_up, :d_up]
+            cov_upu = cov[..., :d_up, d_up:]
+            gain = torch.linalg.solve(cov_upup, cov_upu)  # C_up,up^-1 C_up,u: (..., d_up, d)
+            cov_uu = cov_uu - cov_upu.transpose(-1, -2) @ gain
+            gain = gain.unsqueeze(0)
+        chol = torch.linalg.cholesky(cov_uu).unsqueeze(0)
 
-    def _prior_draws(self, group, model_trace, guide_trace, nesting):
-        """Unconstrained draws from the model's prior at the group's sites, guide layout."""
-        parts = []
-        for site_name in group.names:
-            site = model_trace.nodes[site_name]
-            with torch.no_grad():
-                z = site["fn"].sample()
-            u, u_event_dim, _ = unconstrained({"value": z, "fn": site["fn"]}, site)
-            parts.append(flat_features(u, u_event_dim, nesting))
-        u = _cat_features(parts, nesting)
-        if group.joint is not None:
-            u = u.reshape(u.shape[0], -1)
-        return u
+        def whiten(u, up):
+            centred = u - loc_u
+            if d_up:
+                shift = ((up - loc_up).unsqueeze(-2) @ gain).squeeze(-2)
+                centred = centred - shift
+            tri = chol.expand(centred.shape[:-1] + chol.shape[-2:])
+            return torch.linalg.solve_triangular(tri, centred.unsqueeze(-1), upper=False).squeeze(
+                -1
+            )
+
+        return whiten, chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
     # ------------------------------------------------------------ diagnostics
     def importance_log_weights(self, model, guide, *args, num_samples=None, **kwargs):
@@ -372,18 +599,37 @@ class TraceAVB_ELBO(AdversarialObjective):
         return self._last_log_weights
 
 
+def _score_explicit(guide_trace):
+    """Scaled and masked ``log_prob`` of the explicit guide sites (implicit ones refuse)."""
+    for site in guide_trace.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site) or is_implicit(site["fn"]):
+            continue
+        if site["is_observed"] or "log_prob" in site:
+            continue
+        lp = site["fn"].log_prob(site["value"])
+        site["log_prob"] = scale_and_mask(lp, site["scale"], site["mask"])
+
+
+def _per_particle(parts):
+    """Padded parts flattened to one row per particle (dim 0) and concatenated."""
+    rows = max(p.shape[0] for p in parts)
+    return torch.cat([p.expand((rows,) + p.shape[1:]).reshape(rows, -1) for p in parts], -1)
+
+
+def _join(context, up):
+    if context is None:
+        return up
+    if up is None:
+        return context
+    shape = torch.broadcast_shapes(context.shape[:-1], up.shape[:-1])
+    return torch.cat(
+        [context.expand(shape + context.shape[-1:]), up.expand(shape + up.shape[-1:])], -1
+    )
+
+
 def _cat_features(parts, nesting):
     shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))
     return torch.cat([p.expand(shape + p.shape[nesting:]) for p in parts], -1)
-
-
-def _whiten(u, loc, chol):
-    """``L^{-1} (u - loc)``: ``chol`` is a Cholesky factor (``(..., d, d)``) or std devs."""
-    centred = u - loc
-    if chol.shape == loc.shape:
-        return centred / chol
-    chol = chol.expand(centred.shape[:-1] + chol.shape[-2:])
-    return torch.linalg.solve_triangular(chol, centred.unsqueeze(-1), upper=False).squeeze(-1)
 
 
 def _example_input(example):
