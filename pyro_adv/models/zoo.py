@@ -9,11 +9,11 @@ name                                     dim   reference
 ======================================  ====  ==========================================
 ``eight_schools_centered``               10    exact: 2-D grid over ``(mu, log tau)``
 ``eight_schools_noncentered``            10    exact: the same grid, ``theta_tilde``
-``logistic_regression``                  31    stored NUTS draws (breast cancer)
-``hierarchical_poisson``                 11    stored NUTS draws (seeded counts)
 ``funnel``                               10    exact: the prior (no data)
 ``correlated_gaussian``                  50    exact: conjugate Gaussian
 ``bimodal``                               1    exact: 1-D quadrature, inverse CDF
+``logistic_regression``                  31    stored NUTS draws (breast cancer)
+``hierarchical_poisson``                 11    stored NUTS draws (seeded counts)
 ======================================  ====  ==========================================
 
 Every entry is a :class:`ZooModel`: ``model(*args)`` is a plain Pyro model over the
@@ -455,11 +455,11 @@ class Bimodal(ZooModel):
 ZOO = {
     "eight_schools_centered": lambda: EightSchools(centered=True),
     "eight_schools_noncentered": lambda: EightSchools(centered=False),
-    "logistic_regression": LogisticRegression,
-    "hierarchical_poisson": HierarchicalPoisson,
     "funnel": NealsFunnel,
     "correlated_gaussian": CorrelatedGaussian,
     "bimodal": Bimodal,
+    "logistic_regression": LogisticRegression,
+    "hierarchical_poisson": HierarchicalPoisson,
 }
 
 
