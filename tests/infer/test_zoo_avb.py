@@ -45,6 +45,26 @@ CASES = {
 }
 MOMENT_SITES = {"funnel": ("v",)}
 
+# Measured on branch zoo (seed 0, these steps), before the engine fix of issue 10 (main
+# de36c60) and after merging it; these are accuracy gaps, not crashes.
+_EIGHT_SCHOOLS = (
+    "AVB defaults miss eight schools' posterior: measured C2ST {} "
+    "before the engine fix and {} after it, against < 0.6"
+)
+XFAIL = {
+    "eight_schools_noncentered": pytest.mark.xfail(
+        strict=True, reason=_EIGHT_SCHOOLS.format(0.718, 0.663)
+    ),
+    "eight_schools_centered": pytest.mark.xfail(
+        strict=True, reason=_EIGHT_SCHOOLS.format(0.675, 0.694)
+    ),
+    "funnel": pytest.mark.xfail(
+        strict=True,
+        reason="AVB defaults miss Neal's funnel: measured C2ST 0.84 before the engine fix "
+        "and 0.83 after it, mean errors up to 1.8 sd",
+    ),
+}
+
 
 def fit_avb_defaults(zoo_model, steps):
     guide = AutoImplicit(zoo_model.model)
@@ -58,7 +78,9 @@ def _draws(zoo_model, guide):
     return zoo_model.flat(draw_guide(guide, *zoo_model.args, num_samples=NUM_SAMPLES))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=XFAIL[n]) if n in XFAIL else n for n in CASES]
+)
 def test_avb_defaults_meet_the_zoo_tolerances(name):
     zoo_model = get_model(name)
     reference = zoo_model.flat(zoo_model.reference(10_000, seed=0))
@@ -80,6 +102,11 @@ def test_avb_defaults_meet_the_zoo_tolerances(name):
     assert lo < sd_ratio.min() and sd_ratio.max() < hi, dict(zip(labels, sd_ratio.tolist()))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: AVB's |z| is too wide, sd ratio 1.24 before the engine fix and 1.16 "
+    "after it (C2ST and mean pass): the guide is not one clean mode after 800 steps",
+)
 def test_avb_defaults_fit_one_mode_of_the_bimodal_posterior():
     # documented limit: a guide started at one point descends into one mode (which one
     # depends on the seed); that mode's shape must be right, so |z| is compared
