@@ -19,6 +19,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    # MathJax served from _static: the pages render their math without a network
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "myst_parser",
     "pyro_adv_docs",
@@ -44,5 +46,6 @@ myst_heading_anchors = 3
 
 html_theme = "furo"
 html_title = f"pyro-adv {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_show_sourcelink = False
