@@ -30,7 +30,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md"] + sorted(
     p
     for p in (ROOT / "docs").rglob("*")
-    if p.suffix in (".md", ".rst") and "_build" not in p.parts and "_generated" not in p.parts
+    if p.suffix in (".md", ".rst")
+    and "_build" not in p.parts
+    and "_generated" not in p.parts
     and "api" not in p.relative_to(ROOT / "docs").parts[:1]
 )
 DEFAULT_STEPS = 20
