@@ -1,29 +1,22 @@
 r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2)."""
 
 import math
-import warnings
+from typing import NamedTuple
 
-import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.infer.util import is_validation_enabled
-from pyro.poutine.util import site_is_subsample
-from pyro.util import check_model_guide_match, check_site_shape
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.contrast import conditional_gaussian
 from pyro_adv.infer.divergences import Minimax
+from pyro_adv.infer.particles import ParticleTraces
 from pyro_adv.infer.util import (
-    PARTICLE_PLATE,
     check_latents,
     context_features,
     flat_features,
     group_implicit_sites,
     particle_sum,
-    plate_frames,
-    select_particle,
-    stack_traces,
     unconstrained,
     upstream_sites,
 )
@@ -34,7 +27,7 @@ __all__ = ["TraceAVB_ELBO"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class TraceAVB_ELBO(AdversarialObjective):
+class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
     r"""
     The evidence lower bound for guides with *implicit* sites, whose density is
     estimated by a discriminator: Adversarial Variational Bayes (Mescheder,
@@ -170,146 +163,8 @@ class TraceAVB_ELBO(AdversarialObjective):
         self.discriminator_activation = discriminator_activation
         self.discriminator_factory = discriminator
         self.divergence = Minimax()  # logistic regression: the logit estimates log q / r
-        self._particle_mode = None
         if self.num_particles == 1 and self.max_plate_nesting != float("inf"):
             self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
-
-    # ------------------------------------------------------------------ traces
-    def _vectorized_num_particles(self, fn):
-        # Always a particle plate, even of size 1: the reference draws take its slot.
-        return pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting)(fn)
-
-    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
-        super()._guess_max_plate_nesting(model, guide, args, kwargs)
-        if self.num_particles == 1:
-            self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
-
-    def _prepare(self, model, guide, args, kwargs):
-        super()._prepare(model, guide, args, kwargs)
-        key = (id(model), id(guide), self.num_particles, self.max_plate_nesting)
-        if self._particle_mode is None or self._particle_mode[0] != key:
-            self._particle_mode = (key, self._detect_particle_mode(model, guide, args, kwargs))
-
-    @property
-    def particle_mode(self):
-        """
-        How particles are drawn, found on the first step: ``"vectorized"`` (one
-        run of guide and model under a particle plate), ``"model_sequential"`` (the
-        guide vectorized, the model run once per particle because it does not
-        broadcast, e.g. ``X @ w``), ``"sequential"`` (the guide does not broadcast
-        either), or ``None`` before the first step.
-        """
-        return None if self._particle_mode is None else self._particle_mode[1]
-
-    def _detect_particle_mode(self, model, guide, args, kwargs):
-        # The estimator is the same in every mode; only the number of runs differs.
-        # Pyro's vectorized ELBOs simply fail on such models; Trace_ELBO runs particles
-        # one by one, so the same model must work here as written.
-        errors = (RuntimeError, ValueError, IndexError, TypeError)
-        with torch.no_grad(), poutine.block():
-            try:
-                guide_trace = poutine.trace(self._vectorized_num_particles(guide)).get_trace(
-                    *args, **kwargs
-                )
-            except errors:
-                mode = "sequential"
-            else:
-                try:
-                    model_trace = poutine.trace(
-                        poutine.replay(self._vectorized_num_particles(model), trace=guide_trace)
-                    ).get_trace(*args, **kwargs)
-                    # a model can also broadcast wrongly without failing: a site whose
-                    # batch shape outgrows the plates (Pyro's own shape check finds it)
-                    model_trace.compute_log_prob()
-                    for site in model_trace.nodes.values():
-                        if site["type"] == "sample" and not site_is_subsample(site):
-                            check_site_shape(site, self.max_plate_nesting)
-                    mode = "vectorized"
-                except errors:
-                    mode = "model_sequential"
-        if mode != "vectorized":
-            warnings.warn(
-                f"TraceAVB_ELBO: the {'guide' if mode == 'sequential' else 'model'} does not "
-                "broadcast over a leftmost particle dimension (e.g. it uses `X @ w` or "
-                f"reshapes a latent), so its {self.num_particles} particles are run one at a "
-                "time. The estimate is the same, only slower; write it to broadcast (e.g. "
-                "`(X * w).sum(-1)`) to vectorize.",
-                stacklevel=3,
-            )
-        return mode
-
-    def _traces(self, model, guide, args, kwargs):
-        """
-        The guide trace and the model trace replayed against it, in the vectorized
-        layout (particles on the leftmost of ``max_plate_nesting`` dims), whatever
-        :attr:`particle_mode` is. Model ``log_prob`` and explicit guide ``log_prob``
-        (scaled and masked) are computed.
-        """
-        mode = self.particle_mode or "vectorized"
-        nesting = self.max_plate_nesting
-        if mode == "sequential":
-            guide_traces, model_traces = [], []
-            for _ in range(self.num_particles):
-                g = poutine.trace(guide).get_trace(*args, **kwargs)
-                m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
-                _score_explicit(g)
-                m.compute_log_prob()
-                if not guide_traces:
-                    self._validate(m, g, nesting - 1)
-                guide_traces.append(g)
-                model_traces.append(m)
-            return stack_traces(model_traces, nesting), stack_traces(guide_traces, nesting)
-        guide_trace = poutine.trace(self._vectorized_num_particles(guide)).get_trace(
-            *args, **kwargs
-        )
-        _score_explicit(guide_trace)
-        model_trace = self._run_model(model, guide_trace, args, kwargs)
-        return model_trace, guide_trace
-
-    def _run_model(self, model, guide_trace, args, kwargs, resample=()):
-        """
-        The model replayed against ``guide_trace`` (vectorized layout), its sites in
-        ``resample`` drawn afresh from the model instead; one run per particle where
-        the model does not broadcast.
-        """
-        nesting = self.max_plate_nesting
-        keep = poutine.Trace()
-        for name, site in guide_trace.nodes.items():
-            if name not in resample:
-                keep.add_node(name, **site)
-        if self.particle_mode in (None, "vectorized"):
-            trace = poutine.trace(
-                poutine.replay(self._vectorized_num_particles(model), trace=keep)
-            ).get_trace(*args, **kwargs)
-            trace.compute_log_prob()
-            if not resample:
-                self._validate(trace, guide_trace, nesting)
-            return trace
-        traces = []
-        for p in range(self.num_particles):
-            one = poutine.Trace()
-            for name, site in keep.nodes.items():
-                site = dict(site)
-                if site["type"] == "sample" and not site_is_subsample(site):
-                    site["value"] = select_particle(
-                        site["value"], site["fn"].event_dim, p, nesting, plate_frames(site)
-                    )
-                one.add_node(name, **site)
-            trace = poutine.trace(poutine.replay(model, trace=one)).get_trace(*args, **kwargs)
-            trace.compute_log_prob()
-            if not resample and p == 0:
-                self._validate(trace, one, nesting - 1)
-            traces.append(trace)
-        return stack_traces(traces, nesting)
-
-    @staticmethod
-    def _validate(model_trace, guide_trace, nesting):
-        # Pyro's own checks, with its messages: shapes, missing and extra sites.
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, guide_trace, nesting)
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample" and not site_is_subsample(site):
-                    check_site_shape(site, nesting)
 
     def _make_discriminator(self, key, paired):
         if self.discriminator_factory is not None:
@@ -354,8 +209,8 @@ class TraceAVB_ELBO(AdversarialObjective):
                 )
             log_q_explicit = log_q_explicit + particle_sum(site["log_prob"], nesting, 0)
 
-        d_losses, acc_real, acc_fake = [], [], []
-        log_q_implicit = 0.0
+        d_losses, acc_real, acc_fake, extrapolated = [], [], [], []
+        log_q_implicit = log_q_bounded = 0.0
         reference_trace = None
         for group in groups.values():
             upstream = upstream_sites(guide_trace, group, latents)
@@ -364,28 +219,34 @@ class TraceAVB_ELBO(AdversarialObjective):
             context = context_features(model_trace, group, nesting, 0)
             if self.adaptive_contrast:
                 if reference_trace is None:
-                    reference_trace = self._reference_trace(guide, args, kwargs, guide_trace)
+                    num_draws = self.moment_particles + self.discriminator_particles
+                    reference_trace = self._guide_draws(guide, num_draws, args, kwargs, guide_trace)
                 ref_u, _ = self._group_value(group, reference_trace, model_trace)
                 ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
-                log_q, d_loss, accs = self._contrast_terms(group, u, up, context, ref_u, ref_up)
+                terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:
                 with torch.no_grad(), poutine.block():
                     prior_trace = self._run_model(
                         model, guide_trace, args, kwargs, resample=set(group.names)
                     )
                 prior_u, _ = self._group_value(group, prior_trace, prior_trace)
-                log_q, d_loss, accs = self._plain_terms(group, u, up, context, prior_u)
+                terms = self._plain_terms(group, u, up, context, prior_u)
             scale = guide_trace.nodes[group.names[0]]["scale"]
-            if group.joint is None:
-                log_q = particle_sum(log_q * scale, nesting, 0)
-            else:
-                log_q = log_q * scale
-            if self.adaptive_contrast:
-                log_q = log_q - ladj  # from log q_u to log q_z
-            log_q_implicit = log_q_implicit + log_q
-            d_losses.append(d_loss)
-            acc_real.append(accs[0])
-            acc_fake.append(accs[1])
+            for bounded, log_q in enumerate((terms.log_q, terms.log_q_bounded)):
+                if group.joint is None:
+                    log_q = particle_sum(log_q * scale, nesting, 0)
+                else:
+                    log_q = log_q * scale
+                if self.adaptive_contrast:
+                    log_q = log_q - ladj  # from log q_u to log q_z
+                if bounded:
+                    log_q_bounded = log_q_bounded + log_q.detach()
+                else:
+                    log_q_implicit = log_q_implicit + log_q
+            d_losses.append(terms.loss)
+            acc_real.append(terms.accuracies[0])
+            acc_fake.append(terms.accuracies[1])
+            extrapolated.append(terms.extrapolated)
 
         # log q for implicit groups: adaptive contrast gives log q_u = T + log r_u and the
         # model term above includes log p(z); plain AVB gives T = log q_u - log p_u and the
@@ -409,7 +270,14 @@ class TraceAVB_ELBO(AdversarialObjective):
             stats["kl"] = _mean(log_q_implicit - log_prior).item()
         elif groups:
             stats["kl"] = _mean(log_q_implicit).item()
-        self._last_log_weights = elbo_particles.detach()
+        if groups:
+            stats["extrapolated_fraction"] = sum(extrapolated) / len(extrapolated)
+        # Importance weights use the discriminator only where it was trained: beyond
+        # the range of logits it produced on its own training draws it extrapolates,
+        # and a tail draw's weight would then be the network's guess (k-hat alarms on
+        # good fits came from there).
+        self._last_log_weights = (log_p - log_q_explicit - log_q_bounded).detach()
+        self._last_log_weights_unbounded = elbo_particles.detach()
         return loss, loss, d_loss, stats
 
     # ---------------------------------------------------------------- features
@@ -448,28 +316,6 @@ class TraceAVB_ELBO(AdversarialObjective):
             return _per_particle(parts)
         return _cat_features(parts, nesting)
 
-    def _reference_trace(self, guide, args, kwargs, guide_trace):
-        """
-        ``moment_particles + discriminator_particles`` extra joint draws from the
-        guide, without gradient, in the vectorized layout (draws on dim 0).
-        Subsampled plates keep the indices of this step's guide trace so the draws
-        share its contexts.
-        """
-        subsample = poutine.Trace()
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and site_is_subsample(site):
-                subsample.add_node(name, **site)
-        num_draws = self.moment_particles + self.discriminator_particles
-        guide = poutine.replay(guide, trace=subsample)
-        with torch.no_grad(), poutine.block():
-            if self.particle_mode == "sequential":
-                traces = [poutine.trace(guide).get_trace(*args, **kwargs) for _ in range(num_draws)]
-                return stack_traces(traces, self.max_plate_nesting)
-            draws = pyro.plate("avb_reference_particles", num_draws, dim=-self.max_plate_nesting)(
-                guide
-            )
-            return poutine.trace(draws).get_trace(*args, **kwargs)
-
     # ------------------------------------------------------------ the two games
     def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
         """
@@ -486,16 +332,19 @@ class TraceAVB_ELBO(AdversarialObjective):
         is trained on the distribution it scores.
         """
         m = self.moment_particles
-        whiten, log_det = self._conditional_gaussian(ref_u[:m], None if up is None else ref_up[:m])
+        up_draws = None if up is None else ref_up[:m]
+        whiten, log_det = conditional_gaussian(ref_u[:m], up_draws, self.adaptive_contrast)
         real_up = None if up is None else ref_up[m:]
         real = whiten(ref_u[m:], real_up)
         fake = torch.randn_like(real)
         z = whiten(u, up)
         log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
-        t, d_loss, accs = self._discriminate(
+        terms = self._discriminate(
             group, z, _join(context, up), real, fake, _join(context, real_up)
         )
-        return t + log_r, d_loss, accs
+        return terms._replace(
+            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
+        )
 
     def _plain_terms(self, group, u, up, context, prior_u):
         """
@@ -531,61 +380,16 @@ class TraceAVB_ELBO(AdversarialObjective):
             t = self.frozen(disc)(expand(ctx, z), z)
         d_loss = self.divergence.discriminator_loss(real_logits, fake_logits)
         accs = self.divergence.accuracy(real_logits, fake_logits)
-        return t, d_loss, accs
-
-    def _conditional_gaussian(self, draws, up_draws):
-        """
-        The Gaussian ``r`` of adaptive contrast from draws on dim 0, conditioned on
-        ``up_draws`` (upstream latents, or ``None``). Returns ``whiten(u, up)``,
-        mapping draws to ``L^{-1}(u - E_r[u | up])``, and ``log |det L|``. The
-        covariance is full when there are at least four draws per dimension of
-        (upstream, group), diagonal and unconditional otherwise, or as forced by
-        ``adaptive_contrast``.
-        """
-        k, d = draws.shape[0], draws.shape[-1]
-        d_up = 0 if up_draws is None else up_draws.shape[-1]
-        mode = self.adaptive_contrast
-        if mode is True:
-            # a full covariance needs comfortably more draws than dimensions
-            mode = "full" if k >= 4 * (d + d_up) and d + d_up > 1 else "diagonal"
-        if mode == "diagonal":
-            loc = draws.mean(0, keepdim=True)
-            std = (draws - loc).pow(2).mean(0, keepdim=True).clamp_min(1e-12).sqrt()
-            return (lambda u, up: (u - loc) / std), std.log().sum(-1)
-        if d_up:
-            shape = torch.broadcast_shapes(draws.shape[:-1], up_draws.shape[:-1])
-            joint = torch.cat([up_draws.expand(shape + (d_up,)), draws.expand(shape + (d,))], -1)
-        else:
-            joint = draws
-        loc = joint.mean(0, keepdim=True)
-        centred = (joint - loc).movedim(0, -2)  # (..., k, D)
-        cov = centred.transpose(-1, -2) @ centred / k
-        jitter = 1e-6 * cov.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(1e-12)
-        cov = cov + torch.diag_embed(jitter.expand(cov.shape[:-1]))
-        loc_up, loc_u = loc[..., :d_up], loc[..., d_up:]
-        cov_uu = cov[..., d_up:, d_up:]
-        if d_up:
-            cov_upup = cov[..., :d_up, :d_up]
-            cov_upu = cov[..., :d_up, d_up:]
-            gain = torch.linalg.solve(cov_upup, cov_upu)  # C_up,up^-1 C_up,u: (..., d_up, d)
-            cov_uu = cov_uu - cov_upu.transpose(-1, -2) @ gain
-            gain = gain.unsqueeze(0)
-        chol = torch.linalg.cholesky(cov_uu).unsqueeze(0)
-
-        def whiten(u, up):
-            centred = u - loc_u
-            if d_up:
-                shift = ((up - loc_up).unsqueeze(-2) @ gain).squeeze(-2)
-                centred = centred - shift
-            tri = chol.expand(centred.shape[:-1] + chol.shape[-2:])
-            return torch.linalg.solve_triangular(tri, centred.unsqueeze(-1), upper=False).squeeze(
-                -1
-            )
-
-        return whiten, chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        # the range of logits on the training draws, per context
+        seen = torch.cat([real_logits, fake_logits]).detach()
+        low, high = seen.min(0, keepdim=True).values, seen.max(0, keepdim=True).values
+        t_detached = t.detach()
+        bounded = torch.maximum(torch.minimum(t_detached, high), low)
+        outside = (bounded != t_detached).float().mean().item()
+        return _GroupTerms(t, bounded, d_loss, accs, outside)
 
     # ------------------------------------------------------------ diagnostics
-    def importance_log_weights(self, model, guide, *args, num_samples=None, **kwargs):
+    def importance_log_weights(self, model, guide, *args, num_samples=None, bounded=True, **kwargs):
         r"""
         Estimated importance log-weights :math:`\log w = \log p(x, z) - \log q(z \mid x)`
         of ``num_samples`` joint draws from the guide (``num_particles`` by default),
@@ -593,21 +397,32 @@ class TraceAVB_ELBO(AdversarialObjective):
         trained. These feed PSIS diagnostics (Yao et al. 2018) and evidence
         estimates; they are only as good as the discriminator.
 
+        With ``bounded=True`` (default) each discriminator logit is clipped to the
+        range it produced on its own training draws in this evaluation (per
+        context): beyond it the network extrapolates, and a tail draw's weight
+        would be its guess. With adaptive contrast the explicit Gaussian
+        :math:`\log r` still carries the tails, so a guide that is too narrow still
+        shows heavy weights. ``diagnostic_stats["extrapolated_fraction"]`` says
+        how many draws were clipped.
+
         :returns: a tensor of shape ``(num_samples,)``.
         """
-        self._evaluate(model, guide, args, kwargs, num_samples)
-        return self._last_log_weights
+        #: statistics of the latest diagnostic evaluation (not of a training step)
+        self.diagnostic_stats = self._evaluate(model, guide, args, kwargs, num_samples)[3]
+        return self._last_log_weights if bounded else self._last_log_weights_unbounded
 
 
-def _score_explicit(guide_trace):
-    """Scaled and masked ``log_prob`` of the explicit guide sites (implicit ones refuse)."""
-    for site in guide_trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site) or is_implicit(site["fn"]):
-            continue
-        if site["is_observed"] or "log_prob" in site:
-            continue
-        lp = site["fn"].log_prob(site["value"])
-        site["log_prob"] = scale_and_mask(lp, site["scale"], site["mask"])
+class _GroupTerms(NamedTuple):
+    """One group's share of the step: its ``log q`` estimate (or ``log q - log p``
+    for plain AVB) with gradient, the same bounded to the logits the discriminator
+    produced on its training draws (for importance weights), the discriminator
+    loss, its accuracies, and the fraction of particles whose logit was bounded."""
+
+    log_q: torch.Tensor
+    log_q_bounded: torch.Tensor
+    loss: torch.Tensor
+    accuracies: tuple
+    extrapolated: float
 
 
 def _per_particle(parts):

@@ -10,36 +10,16 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.distributions import TorchDistribution
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyro_adv.distributions import ImplicitDistribution
+from pyro_adv.distributions import HiddenDensity
 from pyro_adv.infer import TraceAVB_ELBO
 from pyro_adv.infer.adversarial import is_discriminator_param
 
 
-class Hidden(ImplicitDistribution):
-    """A distribution with a known density, presented as implicit (no ``log_prob``)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self._support = fn.support
-        TorchDistribution.__init__(self, fn.batch_shape, fn.event_shape, validate_args=False)
-
-    def expand(self, batch_shape, _instance=None):
-        return Hidden(self.fn.expand(batch_shape))
-
-    def rsample(self, sample_shape=torch.Size()):
-        return self.fn.rsample(sample_shape)
-
-    @property
-    def support(self):
-        return self.fn.support
-
-
 def _site(name, fn, hide):
-    return pyro.sample(name, Hidden(fn) if hide else fn)
+    return pyro.sample(name, HiddenDensity(fn) if hide else fn)
 
 
 def _param(name, value):
@@ -79,19 +59,19 @@ def constrained_guide(x, hide=True):
 X_HIER = torch.tensor([1.2, -0.3, 2.1, 0.4, 1.7, 0.9])
 
 
-def hierarchical_model(x, subsample_size=None):
+def hierarchical_model(x, subsample=None):
     g = pyro.sample("g", dist.Normal(0.0, 1.0))
-    with pyro.plate("data", len(x), subsample_size=subsample_size) as idx:
+    with pyro.plate("data", len(x), subsample=subsample) as idx:
         z = pyro.sample("z", dist.Normal(g, 0.5))
         pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
 
 
-def hierarchical_guide(x, subsample_size=None, hide=True):
+def hierarchical_guide(x, subsample=None, hide=True):
     g = _site("g", dist.Normal(_param("g_loc", 0.6), _param("g_scale", 0.5)), hide)
     a = pyro.param("a", 0.5 * x)
     b = _param("b", 1.0)
     c = _param("c", 0.4)
-    with pyro.plate("data", len(x), subsample_size=subsample_size) as idx:
+    with pyro.plate("data", len(x), subsample=subsample) as idx:
         # z_i depends on g through its mean and its spread: a conditional that a
         # Gaussian r(z_i | g) fits only roughly, so the discriminator has work to do
         _site("z", dist.Normal(a[idx] + b * g, 0.4 * torch.exp(c * g)), hide)
@@ -140,7 +120,7 @@ X_SEQ = torch.tensor([0.8, 0.2, -0.6, 1.1])
 def sequential_model(x, broadcast=False):
     g = pyro.sample("g", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
     with pyro.plate("data", len(x)):
-        z = pyro.sample("z", dist.Normal(g @ B_MAT.T if broadcast else B_MAT @ g, 0.5))
+        z = pyro.sample("z", dist.Normal((B_MAT * g).sum(-1) if broadcast else B_MAT @ g, 0.5))
         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
 
@@ -149,7 +129,7 @@ def sequential_guide(x, broadcast=False, hide=True):
     g = _site("g", dist.Normal(g_loc, 0.4).to_event(1), hide)
     with pyro.plate("data", len(x)):
         # the guide does not broadcast either: its particles run one at a time too
-        loc = 0.5 * x + 0.8 * (g @ B_MAT.T if broadcast else B_MAT @ g)
+        loc = 0.5 * x + 0.8 * ((B_MAT * g).sum(-1) if broadcast else B_MAT @ g)
         _site("z", dist.Normal(loc, 0.4), hide)
 
 
@@ -187,21 +167,23 @@ def test_avb_loss_matches_trace_elbo_on_a_known_density(name):
     avb, se, objective = _train_discriminator(model, guide, args, kwargs, 400, 200)
     assert objective.particle_mode == ("model_sequential" if name == "matmul" else "vectorized")
     # Monte Carlo error of the average (correlated across steps: 3x the iid value)
-    # plus what is left of the discriminator's bias after 600 steps
-    assert abs(avb - exact) < 4 * 3 * se + 0.15, (name, avb, exact, se)
+    # plus what is left of the discriminator's bias after 400 steps
+    assert abs(avb - exact) < 3 * 3 * se + 0.1, (name, avb, exact, se)
 
 
 def test_subsampled_plate_next_to_a_global():
+    # the same five of twenty indices for both estimators: the plate's scale (4) and
+    # the local draws' conditioning on the global are what is tested, not the
+    # subsampling noise
     args = (torch.linspace(-1.5, 2.5, 20),)
-    exact = _exact_loss(hierarchical_model, hierarchical_guide, args, {})
-    kwargs = {"subsample_size": 5}
+    kwargs = {"subsample": torch.tensor([0, 6, 11, 15, 19])}
+    exact = _exact_loss(hierarchical_model, hierarchical_guide, args, kwargs)
     avb, se, _ = _train_discriminator(
-        hierarchical_model, hierarchical_guide, args, kwargs, steps=600, average_last=300
+        hierarchical_model, hierarchical_guide, args, kwargs, 400, 200
     )
-    assert abs(avb - exact) < 4 * 3 * se + 0.3, (avb, exact, se)
+    assert abs(avb - exact) < 3 * 3 * se + 0.2, (avb, exact, se)
 
 
-@pytest.mark.parametrize("name", ["flat", "hierarchical"])
 def test_a_guide_that_does_not_broadcast_gives_the_same_elbo():
     args = (X_SEQ,)
     exact = _exact_loss(sequential_model, sequential_guide, args, {"broadcast": True})
@@ -214,6 +196,7 @@ def test_a_guide_that_does_not_broadcast_gives_the_same_elbo():
     assert abs(avb - exact) < 4 * 3 * se + 0.15, (avb, exact, se)
 
 
+@pytest.mark.parametrize("name", ["flat", "hierarchical"])
 def test_avb_gradients_match_trace_elbo_in_expectation(name):
     model, guide, args, kwargs = PROBLEMS[name]
     _, _, objective = _train_discriminator(model, guide, args, kwargs, 600, 1)
