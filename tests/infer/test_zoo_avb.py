@@ -22,6 +22,9 @@ from pyro_adv.models.zoo import get_model
 
 pytest.importorskip("sklearn")
 
+# each test trains for one to two minutes on one shared core
+pytestmark = pytest.mark.slow
+
 NUM_SAMPLES = 2000
 
 #: The same bounds for every model, set from what sampling noise and a good guide
