@@ -133,11 +133,7 @@ def fit_svi(zoo_model, method, steps, seed=0):
 
 
 #: (model, method) -> why the cell is not run, measured
-SKIP = {
-    ("logistic_regression", "AutoImplicit + AVB"): (
-        "not run: 5.5 s/step (measured; sequential particles for X @ w)"
-    ),
-}
+SKIP = {}
 
 
 def _svi_row(zoo_model, method, steps, num_draws, seed):
