@@ -10,7 +10,11 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch import nn
 
 from pyro_adv.distributions.implicit import unwrap
-from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.adversarial import (
+    AdversarialObjective,
+    check_discriminator_spec,
+    check_positive_int,
+)
 from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.util import depends_on_parameters, pad_batch, plate_frames
 from pyro_adv.nn.discriminators import Discriminator
@@ -154,15 +158,10 @@ class Trace_GAN(AdversarialObjective):
         discriminator_optim=None,
         discriminator_prefix="discriminator",
     ):
-        if int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles}")
+        num_particles = check_positive_int(num_particles, "num_particles", "Trace_GAN")
         if condition is not None and not callable(condition):
             raise TypeError(f"condition must be callable, got {condition!r}")
-        if not (discriminator is None or callable(discriminator)):
-            raise TypeError(
-                "discriminator must be None, an nn.Module or a factory key -> nn.Module, "
-                f"got {discriminator!r}"
-            )
+        check_discriminator_spec(discriminator, "Trace_GAN")
         super().__init__(
             num_particles=int(num_particles),
             max_plate_nesting=max_plate_nesting,
