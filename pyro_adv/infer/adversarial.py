@@ -523,7 +523,7 @@ class AdversarialObjective(ELBO):
 
         :param svi_or_optim: a :class:`pyro.infer.SVI` or a :class:`pyro.optim.PyroOptim`.
         """
-        if self.discriminator_optim is not None:
+        if self.discriminator_optim is not None or self.discriminator_steps == 1:
             return self.discriminator_optim
         optim = getattr(svi_or_optim, "optim", svi_or_optim)
         if type(optim) is pyro.optim.PyroOptim:
@@ -538,9 +538,12 @@ class AdversarialObjective(ELBO):
             )
         return self.discriminator_optim
 
-    def _default_discriminator_optim(self, why):
+    def _default_discriminator_optim(self, why=None):
+        """Builds the fallback optimizer; warns ``why`` it is used (unless ``None``)."""
         self.discriminator_optim = pyro.optim.Adam({"lr": 1e-3, "betas": (0.5, 0.9)})
         self.discriminator_optim_source = "default"
+        if why is None:
+            return
         warnings.warn(
             f"{type(self).__name__}: the extra discriminator updates use "
             f"Adam(lr=1e-3, betas=(0.5, 0.9)) because {why}; pass discriminator_optim=, "
