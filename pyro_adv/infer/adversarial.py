@@ -9,6 +9,7 @@ optimizer updates both, since discriminators are registered in Pyro's param
 store with :func:`pyro.module` under their own prefix.
 """
 
+import contextlib
 import functools
 import math
 import warnings
@@ -390,7 +391,7 @@ class AdversarialObjective(ELBO):
         self._check_traces(model_trace, guide_trace)
         return _site_signature(guide_trace, "guide") + _site_signature(model_trace, "model")
 
-    def _check_traces(self, model_trace, guide_trace):
+    def _check_traces(self, model_trace, guide_trace, cause=None):
         """
         Clear errors for problems that would otherwise fail deep inside a step:
         empty observations, and guide sites whose event shape differs from the
@@ -405,7 +406,7 @@ class AdversarialObjective(ELBO):
                 raise ValueError(
                     f"{name}: observed site '{site_name}' is empty (shape "
                     f"{tuple(value.shape)}); pass at least one observation"
-                )
+                ) from cause
             guide_site = guide_trace.nodes.get(site_name)
             if site["is_observed"] or guide_site is None or guide_site["type"] != "sample":
                 continue
@@ -417,7 +418,37 @@ class AdversarialObjective(ELBO):
                     f"{guide_event} (batch shape {tuple(guide_site['fn'].batch_shape)}) but "
                     f"the model's has event shape {model_event}; declare the same event "
                     f"dims in the guide (e.g. .to_event({len(model_event)}))"
-                )
+                ) from cause
+
+    @contextlib.contextmanager
+    def _explaining(self, model, guide, args, kwargs):
+        """
+        Turns an error raised deep inside a step into a clear one where the cause is
+        known (empty data, a guide event shape that differs from the model's); other
+        errors pass unchanged.
+        """
+        try:
+            yield
+        except NonFiniteLossError:
+            raise
+        except Exception as error:
+            self._explain(error, model, guide, args, kwargs)
+            raise
+
+    def _explain(self, error, model, guide, args, kwargs):
+        name = type(self).__name__
+        for where, value in list(enumerate(args)) + list(kwargs.items()):
+            if torch.is_tensor(value) and value.numel() == 0:
+                label = f"argument {where}" if isinstance(where, int) else f"argument {where}="
+                raise ValueError(
+                    f"{name}: {label} is empty (shape {tuple(value.shape)}); "
+                    "pass at least one observation"
+                ) from error
+        try:
+            guide_trace, model_trace = self._quiet_traces(model, guide, args, kwargs)
+        except Exception:  # the model itself fails: its own error is the clearest
+            return
+        self._check_traces(model_trace, guide_trace, cause=error)
 
     def _discriminators_in_store(self):
         """Whether every built discriminator's parameters are still the store's."""
@@ -483,8 +514,29 @@ class AdversarialObjective(ELBO):
 
     def _setup(self, model, guide, args, kwargs):
         """First-call set-up (again after a rebuild): the plate-nesting guess."""
+        self.validate_options()
         if self.max_plate_nesting == float("inf"):
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
+            with self._explaining(model, guide, args, kwargs):
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
+
+    #: options that must be positive integers where a subclass has them
+    _POSITIVE_INT_OPTIONS = ("num_particles", "discriminator_particles", "moment_particles")
+    #: options that hold a discriminator spec (``None``, a module or a factory)
+    _DISCRIMINATOR_OPTIONS = ("discriminator_spec", "discriminator_factory")
+
+    def validate_options(self):
+        """
+        Checks the options every adversarial objective may have (particle counts,
+        the discriminator spec); call it at the end of a subclass's ``__init__`` to
+        report a bad option at construction. It also runs on the first step.
+        """
+        owner = type(self).__name__
+        for option in self._POSITIVE_INT_OPTIONS:
+            if hasattr(self, option):
+                check_positive_int(getattr(self, option), option, owner)
+        for option in self._DISCRIMINATOR_OPTIONS:
+            if hasattr(self, option):
+                check_discriminator_spec(getattr(self, option), owner)
 
     def _remember(self, model, guide, args, kwargs):
         # the sites of the first call, traced after it so the first step's random
@@ -599,7 +651,7 @@ class AdversarialObjective(ELBO):
                 self.max_plate_nesting += 1
             self.num_particles = num_particles
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._explaining(model, guide, args, kwargs):
                 result = self._losses(model, guide, args, kwargs)
         finally:
             self.num_particles, self.max_plate_nesting = saved
@@ -613,7 +665,7 @@ class AdversarialObjective(ELBO):
         :rtype: float
         """
         self._prepare(model, guide, args, kwargs)
-        with torch.no_grad():
+        with torch.no_grad(), self._explaining(model, guide, args, kwargs):
             reported, _, _, stats = self._losses(model, guide, args, kwargs)
         self.stats = stats
         self._remember(model, guide, args, kwargs)
@@ -626,7 +678,10 @@ class AdversarialObjective(ELBO):
         for module in self.discriminators.values():
             self.divergence_after_update(module)
         self._logit_max = None
-        with poutine.trace(param_only=True) as capture:
+        with (
+            poutine.trace(param_only=True) as capture,
+            self._explaining(model, guide, args, kwargs),
+        ):
             reported, g_loss, d_loss, stats = self._losses(model, guide, args, kwargs)
         self._check_finite("generator (guide/model) loss", g_loss)
         self._check_finite("discriminator loss", d_loss)
