@@ -257,6 +257,10 @@ class AdversarialObjective(ELBO):
         where it has one (lazy sizing and input standardization), else ``probe(module)``
         or ``module(example)`` without gradient.
         """
+        store = pyro.get_param_store()
+        prefix = f"{self.discriminator_prefix}_{key}"
+        if any(name.startswith(prefix + "$$$") for name in store.keys()):
+            raise self._foreign_error(key)
         example = example.detach()
         if not torch.isfinite(example).all():
             raise ValueError(
@@ -450,16 +454,32 @@ class AdversarialObjective(ELBO):
             return
         self._check_traces(model_trace, guide_trace, cause=error)
 
-    def _discriminators_in_store(self):
-        """Whether every built discriminator's parameters are still the store's."""
+    def _store_state(self):
+        """
+        ``"ok"`` while every built discriminator's parameters are the store's,
+        ``"cleared"`` when they are gone (:func:`pyro.clear_param_store`), and
+        ``"foreign"`` when other tensors hold their names.
+        """
         store = pyro.get_param_store()
+        state = "ok"
         for key, module in self.discriminators.items():
             prefix = f"{self.discriminator_prefix}_{key}"
             for pname, p in module.named_parameters():
                 full = pyro.params.param_with_module_name(prefix, pname)
-                if full not in store or store[full].unconstrained() is not p:
-                    return False
-        return True
+                if full not in store:
+                    state = "cleared"
+                elif store[full].unconstrained() is not p:
+                    return "foreign"
+        return state
+
+    def _foreign_error(self, key):
+        return ValueError(
+            f"{type(self).__name__}: the param store already holds parameters named "
+            f"'{self.discriminator_prefix}_{key}$$$...' that are not this objective's "
+            "discriminator (another objective's, or loaded over it). pyro.module would "
+            "silently train those instead; give each objective its own "
+            "discriminator_prefix=, or call pyro.clear_param_store() between runs."
+        )
 
     def _reset(self):
         """
@@ -486,7 +506,10 @@ class AdversarialObjective(ELBO):
         problem = self._problem
         if problem is not None:
             reason = None
-            if self.discriminators and not self._discriminators_in_store():
+            store_state = self._store_state() if self.discriminators else "ok"
+            if store_state == "foreign":
+                raise self._foreign_error(next(iter(self.discriminators)))
+            if store_state == "cleared":
                 reason = "cleared"
             elif key[0] != problem["model"] or key[1] != problem["guide"]:
                 reason = "a different model or guide"

@@ -137,3 +137,21 @@ def test_cleared_param_store_restarts_the_discriminator():
     for name, p in new.named_parameters():
         assert store[f"discriminator_data$$${name}"].unconstrained() is p
     assert next(new.parameters()).shape == old_weight.shape
+
+
+def test_two_objectives_sharing_discriminator_names_are_refused():
+    # old code: the second objective's discriminator was never trained (pyro.module
+    # handed the first objective's tensors to the optimizer, the gradients went elsewhere)
+    first = Trace_GAN()
+    SVI(gan_model(0), no_guide, pyro.optim.Adam({"lr": 1e-3}), loss=first).step(torch.randn(8, 1))
+    second = Trace_GAN(discriminator_hidden_dims=(4,))
+    svi = SVI(gan_model(1), no_guide, pyro.optim.Adam({"lr": 1e-3}), loss=second)
+    with pytest.raises(ValueError, match="discriminator_prefix"):
+        svi.step(torch.randn(8, 1))
+    # with its own prefix it trains its own discriminator
+    third = Trace_GAN(discriminator_hidden_dims=(4,), discriminator_prefix="critic")
+    svi = SVI(gan_model(1), no_guide, pyro.optim.Adam({"lr": 1e-2}), loss=third)
+    svi.step(torch.randn(8, 1))
+    before = next(third.discriminators["data"].parameters()).detach().clone()
+    svi.step(torch.randn(8, 1))
+    assert not torch.equal(before, next(third.discriminators["data"].parameters()))
