@@ -16,6 +16,7 @@ from torch import nn
 from pyro_adv.distributions.implicit import ImplicitValue, unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective, check_discriminator_spec
 from pyro_adv.infer.divergences import get_divergence
+from pyro_adv.infer.two_sample import TwoSampleGame
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
@@ -100,7 +101,7 @@ def simulate(model, num_simulations, *args, **kwargs):
     return bank
 
 
-class Trace_ALI(AdversarialObjective):
+class Trace_ALI(TwoSampleGame, AdversarialObjective):
     r"""
     Adversarially Learned Inference (Dumoulin et al. 2016) and BiGAN (Donahue,
     Krähenbühl and Darrell 2016): an amortized posterior :math:`q_\gamma(z \mid x)`

@@ -16,6 +16,7 @@ from pyro_adv.infer.adversarial import (
     check_positive_int,
 )
 from pyro_adv.infer.divergences import get_divergence
+from pyro_adv.infer.two_sample import TwoSampleGame
 from pyro_adv.infer.util import depends_on_parameters, pad_batch, plate_frames
 from pyro_adv.nn.discriminators import Discriminator
 
@@ -29,7 +30,7 @@ _REPARAM_HINT = (
 )
 
 
-class Trace_GAN(AdversarialObjective):
+class Trace_GAN(TwoSampleGame, AdversarialObjective):
     r"""
     Fits a Pyro model that *simulates* its observations to data by adversarial
     training: a generative adversarial network (Goodfellow et al. 2014) with any
