@@ -11,6 +11,7 @@ store with :func:`pyro.module` under their own prefix.
 
 import contextlib
 import functools
+import inspect
 import math
 import warnings
 
@@ -92,6 +93,28 @@ def _unwrapped(fn):
         else:
             break
     return fn
+
+
+def _identity(fn):
+    """
+    What makes a model or guide the same one: the object itself, except that
+    closures made by the same factory over the same objects (``amortized_guide(encoder)``
+    called twice, once for training and once for diagnostics) count as one.
+    """
+    fn = _unwrapped(fn)
+    if inspect.ismethod(fn):
+        return ("method", fn.__func__, id(fn.__self__))
+    if inspect.isfunction(fn) and fn.__closure__:
+        cells = []
+        for cell in fn.__closure__:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                value = None
+            small = value is None or isinstance(value, (bool, int, float, str))
+            cells.append(value if small else ("id", id(value)))
+        return ("closure", fn.__code__, tuple(cells))
+    return ("object", id(fn))
 
 
 def _arg_key(args, kwargs):
@@ -356,8 +379,13 @@ class AdversarialObjective(ELBO):
         return guide_trace, model_trace
 
     def _problem_signature(self, model, guide, args, kwargs):
-        guide_trace, model_trace = self._quiet_traces(model, guide, args, kwargs)
-        self._check_traces(model_trace, guide_trace)
+        """The sites of a call (see :func:`_site_signature`), or ``None`` if untraceable."""
+        try:
+            guide_trace, model_trace = self._quiet_traces(model, guide, args, kwargs)
+        except Exception:
+            # a model that only runs inside the objective (e.g. vectorized): the step
+            # itself reports its errors, and reuse is judged on identities alone
+            return None
         return _site_signature(guide_trace, "guide") + _site_signature(model_trace, "model")
 
     def _check_traces(self, model_trace, guide_trace, cause=None):
@@ -467,7 +495,7 @@ class AdversarialObjective(ELBO):
 
     def _prepare(self, model, guide, args, kwargs):
         self._call = (model, guide, args, kwargs)
-        key = (_unwrapped(model), _unwrapped(guide), _arg_key(args, kwargs))
+        key = (_identity(model), _identity(guide), _arg_key(args, kwargs))
         problem = self._problem
         if problem is not None:
             reason = None
@@ -482,9 +510,11 @@ class AdversarialObjective(ELBO):
                 # new argument shapes: compare what the sites look like (cheap keys first,
                 # so the usual step with the same data traces nothing)
                 signature = self._problem_signature(model, guide, args, kwargs)
-                if problem["signature"] is not None and signature != problem["signature"]:
+                known = problem["signature"] is not None and signature is not None
+                if known and signature != problem["signature"]:
                     reason = "different sample sites (names, event shapes or dtypes)"
                 problem["args"], problem["signature"] = key[2], signature
+                problem["traced"] = True
             if reason is not None:
                 if reason != "cleared":
                     warnings.warn(
@@ -497,7 +527,13 @@ class AdversarialObjective(ELBO):
                 self._reset()
                 problem = self._problem = None
         if problem is None:
-            self._problem = {"model": key[0], "guide": key[1], "args": key[2], "signature": None}
+            self._problem = {
+                "model": key[0],
+                "guide": key[1],
+                "args": key[2],
+                "signature": None,
+                "traced": False,
+            }
             self._setup(model, guide, args, kwargs)
 
     def _setup(self, model, guide, args, kwargs):
@@ -529,8 +565,10 @@ class AdversarialObjective(ELBO):
     def _remember(self, model, guide, args, kwargs):
         # the sites of the first call, traced after it so the first step's random
         # stream is the one it always was
-        if self._problem is not None and self._problem["signature"] is None:
-            self._problem["signature"] = self._problem_signature(model, guide, args, kwargs)
+        problem = self._problem
+        if problem is not None and not problem["traced"]:
+            problem["traced"] = True  # once, even when untraceable
+            problem["signature"] = self._problem_signature(model, guide, args, kwargs)
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         # Pyro's version scores the guide, which implicit sites refuse: read the plates only.

@@ -155,3 +155,24 @@ def test_two_objectives_sharing_discriminator_names_are_refused():
     before = next(third.discriminators["data"].parameters()).detach().clone()
     svi.step(torch.randn(8, 1))
     assert not torch.equal(before, next(third.discriminators["data"].parameters()))
+
+
+def test_the_same_guide_factory_called_again_is_the_same_guide():
+    # diagnostics are often given a fresh closure over the trained networks
+    # (diagnose_guide(model, amortized_guide(encoder), ...)): that is no new problem
+    from pyro_adv.models import amortized_guide, exponential_model
+    from pyro_adv.nn import ImplicitEncoder
+
+    encoder = ImplicitEncoder(1, 2, hidden_dims=(8,))
+    avb = TraceAVB_ELBO(num_particles=4, moment_particles=32, discriminator_particles=16)
+    x = torch.linspace(0.5, 5.0, 16)
+    svi = SVI(exponential_model, amortized_guide(encoder), pyro.optim.Adam({"lr": 1e-3}), avb)
+    svi.step(x)
+    disc = dict(avb.discriminators)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ObjectiveRebuiltWarning)
+        avb.importance_log_weights(exponential_model, amortized_guide(encoder), x, num_samples=8)
+    assert dict(avb.discriminators) == disc
+    other = ImplicitEncoder(1, 2, hidden_dims=(8,))
+    with pytest.warns(ObjectiveRebuiltWarning):
+        avb.loss(exponential_model, amortized_guide(other), x)
