@@ -184,7 +184,10 @@ class AdversarialObjective(ELBO):
     discriminators (and their params in the store), the guessed
     ``max_plate_nesting`` and any other state fixed on the first step, and warns
     :class:`ObjectiveRebuiltWarning`. After :func:`pyro.clear_param_store` it
-    rebuilds silently (that is how a fresh run starts).
+    rebuilds silently (that is how a fresh run starts). A discriminator given as
+    a module instance (``discriminator=module``) is reused as it is; give a
+    factory to get fresh ones. Two objectives whose discriminators would share
+    param-store names are refused (``discriminator_prefix=`` tells them apart).
 
     **Gradients.** A guide or model parameter whose gradient is all zero (or
     missing) for :attr:`zero_grad_steps` consecutive steps gets one
@@ -257,6 +260,7 @@ class AdversarialObjective(ELBO):
         self._zero_grad_streak = {}
         self._zero_grad_warned = set()
         self._logit_max = None
+        self._hooks = []
 
     # ------------------------------------------------------------------ players
     def discriminator(self, key, example, factory):
@@ -304,7 +308,7 @@ class AdversarialObjective(ELBO):
             with torch.no_grad():
                 module(example)
         # the largest |logit| of each step, for fit's saturation check
-        module.register_forward_hook(self._record_logits)
+        self._hooks.append(module.register_forward_hook(self._record_logits))
         self.discriminators[key] = module
 
     def _record_logits(self, module, inputs, output):
@@ -487,6 +491,9 @@ class AdversarialObjective(ELBO):
                 full = pyro.params.param_with_module_name(prefix, pname)
                 if full in store:
                     del store[full]
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         self.discriminators = torch.nn.ModuleDict()
         self.max_plate_nesting = self._given_max_plate_nesting
         self.stats = {}
