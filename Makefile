@@ -1,25 +1,31 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv, install the
 # CPU build of torch that lies on this machine's disk (so pip never pulls the multi-GB
-# CUDA build), then the package with its dev extra.
+# CUDA build), then the package with its dev and docs extras. `make test` runs the
+# tests, then builds the documentation (warnings are errors).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_WHEEL ?= $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl)
 
-.PHONY: install test demo lint format bench bench-quick clean
+.PHONY: install test docs demo lint format bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if [ -n "$(TORCH_WHEEL)" ]; then $(PY) -m pip install -q "$(TORCH_WHEEL)"; \
 	else $(PY) -m pip install -q "torch>=2.1,<=2.14.1" --index-url https://download.pytorch.org/whl/cpu; fi
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,docs]"
 	touch $@
 
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
+	$(MAKE) docs
+
+# the site into docs/_build/html; the tutorials run the examples in their quick mode
+docs: $(VENV)/.installed
+	MPLBACKEND=Agg $(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 demo: $(VENV)/.installed
 	MPLBACKEND=Agg $(PY) examples/exponential_posterior.py
@@ -37,4 +43,4 @@ bench-quick: $(VENV)/.installed
 	MPLBACKEND=Agg $(PY) -m benchmarks --suite quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/api docs/tutorials/_generated

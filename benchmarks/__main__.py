@@ -30,6 +30,7 @@ TABLES = {
     "gan": ("Table 3: GAN fits, every divergence", "gan"),
     "overhead": ("Table 4: overhead of SVI + TraceAVB_ELBO", "overhead"),
     "robustness": ("Table 5: robustness over seeds", "robustness"),
+    "importance": ("Table 7: importance diagnostics from AVB's discriminator", "importance"),
 }
 
 

@@ -10,6 +10,8 @@ its axes or figure, and never calls ``plt.show()``.
 import numpy as np
 import torch
 
+from pyro_adv.diagnostics.sbc import ecdf_confidence_band
+
 __all__ = [
     "plot_density_1d",
     "plot_density_contours",
@@ -282,8 +284,6 @@ def plot_sbc_ecdf(result, ax=None, prob=0.95, names=None, max_lines=20, seed=0):
     :param int seed: seeds the band's simulation.
     :returns: the axes.
     """
-    from pyro_adv.diagnostics.sbc import ecdf_confidence_band
-
     ax = _axes(ax)
     ranks = np.asarray(result.ranks)
     num_sims, num_ranks = ranks.shape[0], result.num_ranks

@@ -12,6 +12,27 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="torch device for tests that take the `device` fixture (default: cpu)",
+    )
+    parser.addoption(
+        "--docs-steps",
+        type=int,
+        default=None,
+        help="tests/test_docs.py: cap on each documented `num_steps = N` (default: 20, "
+        "or $PYRO_ADV_DOCS_STEPS); 0 runs the documented step counts",
+    )
+
+
+@pytest.fixture
+def device(request):
+    """The torch.device given by ``--device`` (``cpu`` unless asked otherwise)."""
+    return torch.device(request.config.getoption("--device"))
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
     """Every test starts from a clean param store and a fixed seed."""

@@ -123,6 +123,9 @@ class SBCResult:
     :ivar numpy.ndarray chi2: chi-square statistic per dimension.
     :ivar numpy.ndarray p_values: uniformity p-value per dimension.
     :ivar float p_value: Bonferroni-combined p-value, ``min(1, D * min(p))``.
+
+    :func:`pyro_adv.plotting.plot_sbc_ecdf` draws it (diagnostics never import
+    plotting: the arrow runs from plotting to diagnostics only).
     """
 
     ranks: np.ndarray
@@ -143,12 +146,6 @@ class SBCResult:
     def passed(self, alpha=0.01):
         """Whether the combined uniformity test does not reject at level ``alpha``."""
         return self.p_value > alpha
-
-    def plot(self, ax=None, **kwargs):
-        """ECDF-difference rank plot; see :func:`pyro_adv.plotting.plot_sbc_ecdf`."""
-        from pyro_adv.plotting import plot_sbc_ecdf
-
-        return plot_sbc_ecdf(self, ax=ax, **kwargs)
 
     def __repr__(self):
         return (
@@ -203,7 +200,7 @@ def sbc(
                      observed_site="x", latent_sites=["z"],
                      num_simulations=200, num_posterior_samples=99)
         result.p_values      # one per component: z[0,0], z[0,1]
-        result.plot()
+        plot_sbc_ecdf(result)  # from pyro_adv.plotting
 
     Choose ``num_posterior_samples + 1`` divisible by a handful of bin counts
     (99, 199, ...); with many posterior draws, ties are impossible for

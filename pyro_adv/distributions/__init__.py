@@ -1,5 +1,6 @@
 """Distributions with no density: neural samplers usable as Pyro sample sites."""
 
+from pyro_adv.distributions.hidden import HiddenDensity
 from pyro_adv.distributions.implicit import (
     ImplicitDensityError,
     ImplicitDistribution,
@@ -9,6 +10,7 @@ from pyro_adv.distributions.implicit import (
 )
 
 __all__ = [
+    "HiddenDensity",
     "ImplicitDensityError",
     "ImplicitDistribution",
     "ImplicitValue",

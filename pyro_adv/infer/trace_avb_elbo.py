@@ -1,16 +1,16 @@
 r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2)."""
 
 import math
+from typing import NamedTuple
 
-import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.contrast import conditional_gaussian
 from pyro_adv.infer.divergences import Minimax
+from pyro_adv.infer.particles import ParticleTraces
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
@@ -18,6 +18,7 @@ from pyro_adv.infer.util import (
     group_implicit_sites,
     particle_sum,
     unconstrained,
+    upstream_sites,
 )
 from pyro_adv.nn.discriminators import Discriminator, PairDiscriminator
 
@@ -26,7 +27,7 @@ __all__ = ["TraceAVB_ELBO"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class TraceAVB_ELBO(AdversarialObjective):
+class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
     r"""
     The evidence lower bound for guides with *implicit* sites, whose density is
     estimated by a discriminator: Adversarial Variational Bayes (Mescheder,
@@ -58,13 +59,38 @@ class TraceAVB_ELBO(AdversarialObjective):
     too thin that way). Plain AVB (``adaptive_contrast=False``: :math:`r` = the
     prior, the discriminator sees :math:`z` against prior draws) under-disperses.
 
-    Where the discriminator looks: latents outside every plate are seen jointly
-    as :math:`T(z)`; latents inside a :class:`~pyro.plate` are seen as
-    :math:`T(x_i, z_i)`, with :math:`x_i` the observed values in that plate, and
-    subsampled plates are scaled like Pyro's other ELBOs. Constrained latents are
-    handled in the unconstrained space of their support (the KL is invariant
-    under the bijection). Explicit guide sites mixed in are scored by their
-    ``log_prob``; they must be reparameterizable.
+    **Where the discriminator looks.** The guide's density factorizes along its
+    plates, :math:`q(g)\prod_i q(z_i \mid g, x_i)`: a :class:`~pyro.plate`
+    declares its draws conditionally independent given what was sampled outside
+    it. AVB follows that factorization, as Pyro's ``AutoStructured`` does, rather
+    than discriminating the joint of globals and all locals (as
+    ``AutoMultivariateNormal`` would): the joint grows with the data and cannot be
+    subsampled, while the conditionals can. So
+
+    * latents outside every plate form one *global* group, seen as :math:`T(g)`;
+    * latents in a plate form a *local* group per plate set, seen as
+      :math:`T(x_i, g, z_i)`: :math:`x_i` are the observed values that share the
+      plates and :math:`g` the *upstream* latents, those the guide sampled earlier
+      in fewer plates (globals; outer-plate latents in nested plates). Leaving
+      :math:`g` out would estimate the marginal :math:`q(z_i \mid x_i)` and
+      overstate the entropy by the mutual information of :math:`z_i` and
+      :math:`g`;
+    * the sites of one joint draw (:class:`~pyro_adv.infer.autoguide.AutoImplicit`)
+      form one group, seen as one flat vector (each latent once).
+
+    With adaptive contrast the reference of a group with upstream latents is the
+    conditional Gaussian :math:`r(z \mid g)` of the joint moments of
+    :math:`(g, z)`. Subsampled plates are scaled like Pyro's other ELBOs.
+    Constrained latents are handled in the unconstrained space of their support
+    (the KL is invariant under the bijection). Explicit guide sites mixed in are
+    scored by their ``log_prob``; they must be reparameterizable.
+
+    **Models that do not broadcast.** Particles are vectorized under a leftmost
+    :class:`~pyro.plate` where model and guide broadcast. Where they do not (for
+    example ``Bernoulli(logits=X @ w)``), the first step finds out, warns once, and
+    runs the model (and, if needed, the guide) once per particle: the estimate is
+    the same, only slower (:attr:`particle_mode`). With validation on, Pyro's
+    model/guide checks run on the first particle's traces, with Pyro's messages.
 
     One :meth:`~pyro.infer.SVI.step` updates guide, model and discriminators
     together (one backward); discriminators live in the param store as
@@ -137,21 +163,13 @@ class TraceAVB_ELBO(AdversarialObjective):
         self.discriminator_activation = discriminator_activation
         self.discriminator_factory = discriminator
         self.divergence = Minimax()  # logistic regression: the logit estimates log q / r
+        if self.num_particles == 1 and self.max_plate_nesting != float("inf"):
+            self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
 
-    # ------------------------------------------------------------------ traces
-    def _traces(self, model, guide, args, kwargs):
-        guide = self._vectorized_num_particles(guide)
-        model = self._vectorized_num_particles(model)
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        return model_trace, guide_trace
-
-    def _make_discriminator(self, key, local):
+    def _make_discriminator(self, key, paired):
         if self.discriminator_factory is not None:
             return lambda: self.discriminator_factory(key)
-        cls = PairDiscriminator if local else Discriminator
+        cls = PairDiscriminator if paired else Discriminator
         return lambda: cls(self.discriminator_hidden_dims, self.discriminator_activation)
 
     def _losses(self, model, guide, args, kwargs):
@@ -165,12 +183,10 @@ class TraceAVB_ELBO(AdversarialObjective):
                     "AVB must evaluate; use pyro_adv.infer.Trace_ALI, which only simulates it."
                 )
         nesting = self.max_plate_nesting
-        particle_dim = 0 if self.num_particles > 1 else None
         groups = group_implicit_sites(guide_trace, latents)
         implicit = {n for g in groups.values() for n in g.names}
 
         # log p(x, z) per particle; plain AVB leaves the implicit sites' prior to T
-        model_trace.compute_log_prob()
         log_p = 0.0
         for site_name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_name not in latents and not site["is_observed"]:
@@ -178,7 +194,7 @@ class TraceAVB_ELBO(AdversarialObjective):
             if site_name in implicit and not self.adaptive_contrast:
                 continue
             # Pyro's log_prob is already scaled (subsampling) and masked
-            log_p = log_p + particle_sum(site["log_prob"], nesting, particle_dim)
+            log_p = log_p + particle_sum(site["log_prob"], nesting, 0)
 
         # explicit guide sites are scored by their own density
         log_q_explicit = 0.0
@@ -191,43 +207,46 @@ class TraceAVB_ELBO(AdversarialObjective):
                     f"{name}: guide site '{site_name}' ({type(site['fn']).__name__}) is not "
                     "reparameterizable; AVB needs pathwise gradients through every guide site."
                 )
-            lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
-            log_q_explicit = log_q_explicit + particle_sum(lp, nesting, particle_dim)
+            log_q_explicit = log_q_explicit + particle_sum(site["log_prob"], nesting, 0)
 
-        d_losses, acc_real, acc_fake = [], [], []
-        log_q_implicit = 0.0
+        d_losses, acc_real, acc_fake, extrapolated = [], [], [], []
+        log_q_implicit = log_q_bounded = 0.0
+        reference_trace = None
         for group in groups.values():
-            us, ladj = [], 0.0
-            for site_name in group.names:
-                u, u_event_dim, site_ladj = unconstrained(
-                    guide_trace.nodes[site_name], model_trace.nodes[site_name]
-                )
-                us.append(flat_features(u, u_event_dim, nesting))
-                if self.adaptive_contrast:
-                    ladj = ladj + particle_sum(
-                        site_ladj * guide_trace.nodes[site_name]["scale"], nesting, particle_dim
-                    )
-            scale = guide_trace.nodes[group.names[0]]["scale"]
-            u = _cat_features(us, nesting)
-            context = context_features(model_trace, group, nesting, particle_dim)
-            if group.joint is not None:
-                # one joint draw per particle: discriminate the whole flattened vector
-                u = u.reshape(u.shape[0] if particle_dim is not None else 1, -1)
+            upstream = upstream_sites(guide_trace, group, latents)
+            u, ladj = self._group_value(group, guide_trace, model_trace)
+            up = self._upstream_value(group, upstream, guide_trace, model_trace)
+            context = context_features(model_trace, group, nesting, 0)
             if self.adaptive_contrast:
-                reference = self._reference_draws(
-                    group, guide, args, kwargs, model_trace, guide_trace
-                )
+                if reference_trace is None:
+                    num_draws = self.moment_particles + self.discriminator_particles
+                    reference_trace = self._guide_draws(guide, num_draws, args, kwargs, guide_trace)
+                ref_u, _ = self._group_value(group, reference_trace, model_trace)
+                ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
+                terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:
-                reference = self._prior_draws(group, model_trace, guide_trace, nesting)
-            log_q, d_loss, accs = self._group_terms(group, u, context, reference)
-            if group.joint is None:
-                log_q = particle_sum(log_q * scale, nesting, particle_dim)
-            else:
-                log_q = log_q * scale
-            log_q_implicit = log_q_implicit + log_q - ladj
-            d_losses.append(d_loss)
-            acc_real.append(accs[0])
-            acc_fake.append(accs[1])
+                with torch.no_grad(), poutine.block():
+                    prior_trace = self._run_model(
+                        model, guide_trace, args, kwargs, resample=set(group.names)
+                    )
+                prior_u, _ = self._group_value(group, prior_trace, prior_trace)
+                terms = self._plain_terms(group, u, up, context, prior_u)
+            scale = guide_trace.nodes[group.names[0]]["scale"]
+            for bounded, log_q in enumerate((terms.log_q, terms.log_q_bounded)):
+                if group.joint is None:
+                    log_q = particle_sum(log_q * scale, nesting, 0)
+                else:
+                    log_q = log_q * scale
+                if self.adaptive_contrast:
+                    log_q = log_q - ladj  # from log q_u to log q_z
+                if bounded:
+                    log_q_bounded = log_q_bounded + log_q.detach()
+                else:
+                    log_q_implicit = log_q_implicit + log_q
+            d_losses.append(terms.loss)
+            acc_real.append(terms.accuracies[0])
+            acc_fake.append(terms.accuracies[1])
+            extrapolated.append(terms.extrapolated)
 
         # log q for implicit groups: adaptive contrast gives log q_u = T + log r_u and the
         # model term above includes log p(z); plain AVB gives T = log q_u - log p_u and the
@@ -247,118 +266,130 @@ class TraceAVB_ELBO(AdversarialObjective):
             log_prior = 0.0
             for site_name in implicit:
                 site = model_trace.nodes[site_name]
-                log_prior = log_prior + particle_sum(site["log_prob"], nesting, particle_dim)
+                log_prior = log_prior + particle_sum(site["log_prob"], nesting, 0)
             stats["kl"] = _mean(log_q_implicit - log_prior).item()
         elif groups:
             stats["kl"] = _mean(log_q_implicit).item()
-        self._last_log_weights = elbo_particles.detach()
+        if groups:
+            stats["extrapolated_fraction"] = sum(extrapolated) / len(extrapolated)
+        # Importance weights use the discriminator only where it was trained: beyond
+        # the range of logits it produced on its own training draws it extrapolates,
+        # and a tail draw's weight would then be the network's guess (k-hat alarms on
+        # good fits came from there).
+        self._last_log_weights = (log_p - log_q_explicit - log_q_bounded).detach()
+        self._last_log_weights_unbounded = elbo_particles.detach()
         return loss, loss, d_loss, stats
 
-    def _group_terms(self, group, u, context, reference):
+    # ---------------------------------------------------------------- features
+    def _group_value(self, group, guide_trace, model_trace):
         """
-        Discriminator loss and the estimate of ``log q`` (adaptive contrast) or of
-        ``log q - log p`` (plain AVB) for one group, per particle and context.
+        The group's unconstrained value in the padded layout (particles on dim 0,
+        one feature dim) and ``log |dz/du|`` in the same batch layout without the
+        feature dim. A joint group is one flat vector per particle: each site
+        flattened over its own plates, never copied across another site's plates.
+        """
+        nesting = self.max_plate_nesting
+        parts, ladj = [], 0.0
+        for site_name in group.names:
+            u, u_event_dim, site_ladj = unconstrained(
+                guide_trace.nodes[site_name], model_trace.nodes[site_name]
+            )
+            parts.append(flat_features(u, u_event_dim, nesting))
+            site_ladj = site_ladj * guide_trace.nodes[site_name]["scale"]
+            ladj = ladj + particle_sum(site_ladj, nesting, 0)
+        if group.joint is not None:
+            return _per_particle(parts), ladj
+        return _cat_features(parts, nesting), ladj
 
-        With adaptive contrast ``reference`` holds extra guide draws (no gradient)
-        that fix the Gaussian ``r`` and train the discriminator; otherwise it
-        holds prior draws, the discriminator's negatives.
+    def _upstream_value(self, group, upstream, guide_trace, model_trace):
+        """The upstream latents' unconstrained values laid out like the group's value."""
+        if not upstream:
+            return None
+        nesting = self.max_plate_nesting
+        parts = []
+        for site_name in upstream:
+            u, u_event_dim, _ = unconstrained(
+                guide_trace.nodes[site_name], model_trace.nodes[site_name]
+            )
+            parts.append(flat_features(u, u_event_dim, nesting))
+        if group.joint is not None:
+            return _per_particle(parts)
+        return _cat_features(parts, nesting)
+
+    # ------------------------------------------------------------ the two games
+    def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
         """
-        if self.adaptive_contrast:
-            # r comes from some draws, the discriminator's positives from others: they and
-            # the gradient particles are independent of r, so the discriminator is trained
-            # on the distribution it scores. Many draws keep r's noise (which blurs what the
-            # discriminator sees across steps) small.
-            m = self.moment_particles
-            loc, chol, log_det = self._gaussian_moments(reference[:m])
-            real = _whiten(reference[m:], loc, chol)
-            fake = torch.randn_like(real)
-            z = _whiten(u, loc, chol)
-            log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
-        else:
-            real, fake, z, log_r = u.detach(), reference, u, 0.0
-        local = context is not None
-        make = self._make_discriminator(group.key, local)
-        if local:
-            ctx = lambda v: context.expand(v.shape[:-1] + context.shape[-1:])  # noqa: E731
-            disc = self.discriminator(group.key, _example_input((ctx(real), real)), make)
-            real_logits = disc(ctx(real), real.detach())
-            fake_logits = disc(ctx(fake), fake)
-            t = self.frozen(disc)(ctx(z), z)
-        else:
+        Adaptive contrast for one group: the estimate of ``log q_u`` per particle
+        and context, the discriminator loss and its accuracies.
+
+        ``r`` is the Gaussian of the guide's own moments, *conditioned on the
+        upstream latents* when there are any: from the joint mean and covariance of
+        (upstream, group) over the reference draws, ``r(u | up) = N(mu_u + A (up -
+        mu_up), S)`` with ``A = C_{u,up} C_{up,up}^{-1}`` and ``S`` the Schur
+        complement. Any fixed conditional ``r`` leaves the AVB identity exact; this
+        one makes the ratio left to the discriminator close to one. r comes from
+        some draws, the discriminator's positives from others, so the discriminator
+        is trained on the distribution it scores.
+        """
+        m = self.moment_particles
+        up_draws = None if up is None else ref_up[:m]
+        whiten, log_det = conditional_gaussian(ref_u[:m], up_draws, self.adaptive_contrast)
+        real_up = None if up is None else ref_up[m:]
+        real = whiten(ref_u[m:], real_up)
+        fake = torch.randn_like(real)
+        z = whiten(u, up)
+        log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
+        terms = self._discriminate(
+            group, z, _join(context, up), real, fake, _join(context, real_up)
+        )
+        return terms._replace(
+            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
+        )
+
+    def _plain_terms(self, group, u, up, context, prior_u):
+        """
+        Plain AVB for one group: the discriminator tells guide draws from draws of
+        the model's prior given the same upstream latents; its logit estimates
+        ``log q_u - log p_u``.
+        """
+        ctx = _join(context, up)
+        return self._discriminate(group, u, ctx, u.detach(), prior_u, ctx)
+
+    def _discriminate(self, group, z, ctx, real, fake, real_ctx):
+        """
+        Trains the group's discriminator on ``real`` (guide) against ``fake``
+        (reference) draws, both seen with ``real_ctx``, and returns its frozen logit
+        at the gradient particles ``z`` (seen with ``ctx``), the loss and accuracies.
+        """
+        make = self._make_discriminator(group.key, ctx is not None)
+        if ctx is None:
             disc = self.discriminator(group.key, real, make)
             real_logits = disc(real.detach())
             fake_logits = disc(fake)
             t = self.frozen(disc)(z)
+        else:
+            real_ctx = real_ctx.detach()
+
+            def expand(c, v):
+                return c.expand(torch.broadcast_shapes(c.shape[:-1], v.shape[:-1]) + c.shape[-1:])
+
+            example = _example_input((expand(real_ctx, real), real))
+            disc = self.discriminator(group.key, example, make)
+            real_logits = disc(expand(real_ctx, real), real.detach())
+            fake_logits = disc(expand(real_ctx, fake), fake)
+            t = self.frozen(disc)(expand(ctx, z), z)
         d_loss = self.divergence.discriminator_loss(real_logits, fake_logits)
         accs = self.divergence.accuracy(real_logits, fake_logits)
-        return t + log_r, d_loss, accs
-
-    def _reference_draws(self, group, guide, args, kwargs, model_trace, guide_trace):
-        """
-        ``moment_particles + discriminator_particles`` extra draws of the group from
-        the guide, without gradient,
-        in the padded layout (draws on dim 0). Subsampled plates keep the indices of
-        this step's guide trace so the draws share its contexts.
-        """
-        subsample = poutine.Trace()
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and site_is_subsample(site):
-                subsample.add_node(name, **site)
-        draws = pyro.plate(
-            "avb_reference_particles",
-            self.moment_particles + self.discriminator_particles,
-            dim=-self.max_plate_nesting,
-        )(poutine.replay(guide, trace=subsample))
-        with torch.no_grad(), poutine.block():
-            trace = poutine.trace(draws).get_trace(*args, **kwargs)
-        parts = []
-        for name in group.names:
-            u, u_event_dim, _ = unconstrained(trace.nodes[name], model_trace.nodes[name])
-            parts.append(flat_features(u, u_event_dim, self.max_plate_nesting))
-        u = _cat_features(parts, self.max_plate_nesting)
-        if group.joint is not None:
-            u = u.reshape(u.shape[0], -1)
-        return u
-
-    def _gaussian_moments(self, draws):
-        """
-        The Gaussian ``r`` of adaptive contrast, from draws on dim 0: per context
-        ``(mean, L, log |det L|)`` with ``L L^T`` the sample covariance ("full") or
-        its diagonal ("diagonal", ``L`` then holds standard deviations).
-        """
-        k, d = draws.shape[0], draws.shape[-1]
-        mode = self.adaptive_contrast
-        if mode is True:
-            # a full covariance needs comfortably more draws than dimensions
-            mode = "full" if k >= 4 * d and d > 1 else "diagonal"
-        loc = draws.mean(0, keepdim=True)
-        centred = draws - loc
-        if mode == "diagonal":
-            std = centred.pow(2).mean(0, keepdim=True).clamp_min(1e-12).sqrt()
-            return loc, std, std.log().sum(-1)
-        batch = centred.movedim(0, -2)  # (..., k, d)
-        cov = batch.transpose(-1, -2) @ batch / k
-        jitter = 1e-6 * cov.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(1e-12)
-        cov = cov + torch.diag_embed(jitter.expand(cov.shape[:-1]))
-        chol = torch.linalg.cholesky(cov).unsqueeze(0)
-        return loc, chol, chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-
-    def _prior_draws(self, group, model_trace, guide_trace, nesting):
-        """Unconstrained draws from the model's prior at the group's sites, guide layout."""
-        parts = []
-        for site_name in group.names:
-            site = model_trace.nodes[site_name]
-            with torch.no_grad():
-                z = site["fn"].sample()
-            u, u_event_dim, _ = unconstrained({"value": z, "fn": site["fn"]}, site)
-            parts.append(flat_features(u, u_event_dim, nesting))
-        u = _cat_features(parts, nesting)
-        if group.joint is not None:
-            u = u.reshape(u.shape[0], -1)
-        return u
+        # the range of logits on the training draws, per context
+        seen = torch.cat([real_logits, fake_logits]).detach()
+        low, high = seen.min(0, keepdim=True).values, seen.max(0, keepdim=True).values
+        t_detached = t.detach()
+        bounded = torch.maximum(torch.minimum(t_detached, high), low)
+        outside = (bounded != t_detached).float().mean().item()
+        return _GroupTerms(t, bounded, d_loss, accs, outside)
 
     # ------------------------------------------------------------ diagnostics
-    def importance_log_weights(self, model, guide, *args, num_samples=None, **kwargs):
+    def importance_log_weights(self, model, guide, *args, num_samples=None, bounded=True, **kwargs):
         r"""
         Estimated importance log-weights :math:`\log w = \log p(x, z) - \log q(z \mid x)`
         of ``num_samples`` joint draws from the guide (``num_particles`` by default),
@@ -366,24 +397,54 @@ class TraceAVB_ELBO(AdversarialObjective):
         trained. These feed PSIS diagnostics (Yao et al. 2018) and evidence
         estimates; they are only as good as the discriminator.
 
+        With ``bounded=True`` (default) each discriminator logit is clipped to the
+        range it produced on its own training draws in this evaluation (per
+        context): beyond it the network extrapolates, and a tail draw's weight
+        would be its guess. With adaptive contrast the explicit Gaussian
+        :math:`\log r` still carries the tails, so a guide that is too narrow still
+        shows heavy weights. ``diagnostic_stats["extrapolated_fraction"]`` says
+        how many draws were clipped.
+
         :returns: a tensor of shape ``(num_samples,)``.
         """
-        self._evaluate(model, guide, args, kwargs, num_samples)
-        return self._last_log_weights
+        #: statistics of the latest diagnostic evaluation (not of a training step)
+        self.diagnostic_stats = self._evaluate(model, guide, args, kwargs, num_samples)[3]
+        return self._last_log_weights if bounded else self._last_log_weights_unbounded
+
+
+class _GroupTerms(NamedTuple):
+    """One group's share of the step: its ``log q`` estimate (or ``log q - log p``
+    for plain AVB) with gradient, the same bounded to the logits the discriminator
+    produced on its training draws (for importance weights), the discriminator
+    loss, its accuracies, and the fraction of particles whose logit was bounded."""
+
+    log_q: torch.Tensor
+    log_q_bounded: torch.Tensor
+    loss: torch.Tensor
+    accuracies: tuple
+    extrapolated: float
+
+
+def _per_particle(parts):
+    """Padded parts flattened to one row per particle (dim 0) and concatenated."""
+    rows = max(p.shape[0] for p in parts)
+    return torch.cat([p.expand((rows,) + p.shape[1:]).reshape(rows, -1) for p in parts], -1)
+
+
+def _join(context, up):
+    if context is None:
+        return up
+    if up is None:
+        return context
+    shape = torch.broadcast_shapes(context.shape[:-1], up.shape[:-1])
+    return torch.cat(
+        [context.expand(shape + context.shape[-1:]), up.expand(shape + up.shape[-1:])], -1
+    )
 
 
 def _cat_features(parts, nesting):
     shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))
     return torch.cat([p.expand(shape + p.shape[nesting:]) for p in parts], -1)
-
-
-def _whiten(u, loc, chol):
-    """``L^{-1} (u - loc)``: ``chol`` is a Cholesky factor (``(..., d, d)``) or std devs."""
-    centred = u - loc
-    if chol.shape == loc.shape:
-        return centred / chol
-    chol = chol.expand(centred.shape[:-1] + chol.shape[-2:])
-    return torch.linalg.solve_triangular(chol, centred.unsqueeze(-1), upper=False).squeeze(-1)
 
 
 def _example_input(example):

@@ -208,3 +208,87 @@ def context_features(model_trace, group, nesting, particle_dim):
         return None
     shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))
     return torch.cat([p.expand(shape + p.shape[nesting:]) for p in parts], -1)
+
+
+def upstream_sites(guide_trace, group, latents):
+    """
+    The latents a group's guide density may be conditioned on, in guide order:
+    every latent outside the group that the guide sampled before the group's first
+    site and whose plates are among the group's own (for a joint group, every
+    earlier latent). A :class:`~pyro.plate` declares its draws conditionally
+    independent given what was sampled outside it, so these (with the observed
+    values in the group's plates) are all a plate-local draw can depend on.
+    """
+    first = group.names[0]
+    members = set(group.names)
+    frames = {f.name for f in group.frames}
+    latents = set(latents)
+    names = []
+    for name, site in guide_trace.nodes.items():
+        if name == first:
+            break
+        if name not in latents or name in members or site["type"] != "sample":
+            continue
+        site_frames = {f.name for f in plate_frames(site)}
+        if group.joint is not None or site_frames <= frames:
+            names.append(name)
+    return names
+
+
+def stack_traces(traces, nesting, joint_values=True):
+    """
+    Merges the traces of sequential single-particle runs into one trace in the
+    vectorized layout: each latent site's ``value`` and each site's ``log_prob``
+    (where computed) is padded to ``nesting - 1`` batch dims and stacked on a new leftmost
+    particle dim. The other entries (``fn``, plates, scale, mask) are the first
+    run's; :class:`~pyro_adv.distributions.ImplicitValue` sites get a stacked
+    ``ImplicitValue`` so their joint identity and unconstrained values survive.
+    """
+    from pyro.poutine import Trace
+
+    merged = Trace()
+    first = traces[0]
+    for name, site in first.nodes.items():
+        node = dict(site)
+        if site["type"] == "sample" and not site_is_subsample(site):
+            event_dim = site["fn"].event_dim
+            if not site["is_observed"]:  # data are the same in every run
+                node["value"] = torch.stack(
+                    [pad_batch(t.nodes[name]["value"], event_dim, nesting - 1) for t in traces]
+                )
+            if "log_prob" in site:
+                node["log_prob"] = torch.stack(
+                    [pad_batch(t.nodes[name]["log_prob"], 0, nesting - 1) for t in traces]
+                )
+            base = unwrap(site["fn"])[0]
+            if joint_values and isinstance(base, ImplicitValue):
+                u = None
+                if base.unconstrained_value is not None:
+                    u = torch.stack(
+                        [
+                            pad_batch(
+                                unwrap(t.nodes[name]["fn"])[0].unconstrained_value,
+                                base.unconstrained_value.dim() - len(base.batch_shape),
+                                nesting - 1,
+                            )
+                            for t in traces
+                        ]
+                    )
+                node["fn"] = ImplicitValue(
+                    node["value"], event_dim=event_dim, joint=base.joint, unconstrained_value=u
+                )
+        merged.add_node(name, **node)
+    return merged
+
+
+def select_particle(value, event_dim, particle, nesting, frames):
+    """
+    Particle ``particle`` of a site's value in the vectorized layout, with the
+    leading batch dims a single-particle run would not have dropped: the value a
+    model that does not broadcast over particles expects.
+    """
+    value = pad_batch(value, event_dim, nesting)[particle]
+    keep = max([-f.dim for f in frames], default=0)
+    while value.dim() - event_dim > keep and value.shape[0] == 1:
+        value = value[0]
+    return value

@@ -11,6 +11,7 @@ from pyro_adv.distributions import ImplicitDistribution
 from pyro_adv.infer import TraceAVB_ELBO
 from pyro_adv.models import ConjugateGaussian
 from pyro_adv.nn import ImplicitEncoder
+from pyro_adv.plotting import plot_sbc_ecdf
 
 
 def exact_amortized_guide(cg, shrink=1.0):
@@ -137,7 +138,7 @@ def test_sbc_plot_and_errors():
         num_posterior_samples=19,
         parallel=False,
     )
-    ax = result.plot()
+    ax = plot_sbc_ecdf(result)
     assert ax.get_xlabel() == "fractional rank"
     plt.close("all")
     with pytest.raises(ValueError, match="observed_site"):
