@@ -254,7 +254,7 @@ class AdversarialObjective(ELBO):
         self.discriminators = torch.nn.ModuleDict()
         #: statistics of the latest step (losses, discriminator accuracy, estimates)
         self.stats = {}
-        self._given_max_plate_nesting = max_plate_nesting
+        self._nesting_guessed = False
         self._problem = None  # what the discriminators were built for (see _prepare)
         self._call = None  # (model, guide, args, kwargs) of the call in progress
         self._zero_grad_streak = {}
@@ -495,7 +495,11 @@ class AdversarialObjective(ELBO):
             hook.remove()
         self._hooks = []
         self.discriminators = torch.nn.ModuleDict()
-        self.max_plate_nesting = self._given_max_plate_nesting
+        if self._nesting_guessed:
+            # guessed for the previous problem; a given bound (and any room a subclass
+            # added to it for its particles) stays
+            self.max_plate_nesting = float("inf")
+            self._nesting_guessed = False
         self.stats = {}
         self._zero_grad_streak = {}
         self._zero_grad_warned = set()
@@ -596,6 +600,7 @@ class AdversarialObjective(ELBO):
         self.max_plate_nesting = -min(dims) if dims else 0
         if self.vectorize_particles and self.num_particles > 1:
             self.max_plate_nesting += 1
+        self._nesting_guessed = True
 
     # ------------------------------------------------------- extra discriminator steps
     def use_optimizer_of(self, svi_or_optim):

@@ -272,6 +272,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         )
         self._choose_particles = num_particles is None
         self._particles_given = num_particles
+        self._particle_room = False  # whether _setup widened a given max_plate_nesting
         self._global_data = None  # a fingerprint of the last step's data (global groups)
         self._warned_fixed_data = False
         self.simulations = simulations
@@ -299,6 +300,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
                 self.num_particles = GLOBAL_PARTICLES
                 if self.max_plate_nesting != float("inf"):
                     self.max_plate_nesting += 1  # room for the particle plate, as Pyro's ELBO
+                    self._particle_room = True
         super()._setup(model, guide, args, kwargs)
 
     def _reset(self):
@@ -307,6 +309,9 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         if self._particles_given is None:
             self._choose_particles = True
             self.num_particles = 1
+            if self._particle_room:
+                self.max_plate_nesting -= 1
+                self._particle_room = False
         self._global_data = None
         self._warned_fixed_data = False
 

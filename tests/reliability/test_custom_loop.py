@@ -15,7 +15,7 @@ X = torch.tensor([1.2, 0.4, 2.1, 1.7, 0.9, 1.4, 2.5, 0.3, 1.1, 1.6])
 # z ~ N(0, 1), x_i ~ N(z, 1): the posterior is N(sum(x) / (n + 1), 1 / (n + 1))
 POST_MEAN = X.sum().item() / (len(X) + 1)
 POST_SD = math.sqrt(1 / (len(X) + 1))
-STEPS = 400
+STEPS = 800
 
 
 def model(x):

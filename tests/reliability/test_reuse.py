@@ -176,3 +176,24 @@ def test_the_same_guide_factory_called_again_is_the_same_guide():
     other = ImplicitEncoder(1, 2, hidden_dims=(8,))
     with pytest.warns(ObjectiveRebuiltWarning):
         avb.loss(exponential_model, amortized_guide(other), x)
+
+
+def test_a_given_max_plate_nesting_survives_a_rebuild():
+    # a given bound keeps the room objectives add to it for their particle plate
+    avb = TraceAVB_ELBO(
+        num_particles=1, max_plate_nesting=1, moment_particles=16, discriminator_particles=8
+    )
+    x = torch.randn(10, 2)
+    SVI(conjugate, implicit_guide(2, "a"), pyro.optim.Adam({"lr": 1e-3}), loss=avb).step(x)
+    nesting = avb.max_plate_nesting
+    with pytest.warns(ObjectiveRebuiltWarning):
+        SVI(conjugate, implicit_guide(2, "b"), pyro.optim.Adam({"lr": 1e-3}), loss=avb).step(x)
+    assert avb.max_plate_nesting == nesting
+    pyro.clear_param_store()
+    ali = Trace_ALI(max_plate_nesting=1)
+    y = torch.randn(5)
+    SVI(global_model, AutoNormal(global_model), pyro.optim.Adam({"lr": 1e-3}), loss=ali).step(y)
+    assert (ali.num_particles, ali.max_plate_nesting) == (64, 2)
+    with pytest.warns(ObjectiveRebuiltWarning):
+        SVI(local_model, AutoNormal(local_model), pyro.optim.Adam({"lr": 1e-3}), loss=ali).step(y)
+    assert (ali.num_particles, ali.max_plate_nesting) == (1, 1)
