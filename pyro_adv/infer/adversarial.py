@@ -284,8 +284,21 @@ class AdversarialObjective(ELBO):
         """
         store = pyro.get_param_store()
         prefix = f"{self.discriminator_prefix}_{key}"
-        if any(name.startswith(prefix + "$$$") for name in store.keys()):
-            raise self._foreign_error(key)
+        stale = [name for name in store.keys() if name.startswith(prefix + "$$$")]
+        if stale:
+            # pyro.module would hand the new module those tensors' values and train
+            # them instead of it: replace them, and say so
+            warnings.warn(
+                f"{type(self).__name__}: the param store holds a discriminator '{prefix}' "
+                "that is not this objective's (another objective's, from an earlier run "
+                "without pyro.clear_param_store()); it is replaced by this objective's "
+                "new discriminator, and the other objective will refuse to continue. Give "
+                "each objective its own discriminator_prefix= to train both.",
+                ObjectiveRebuiltWarning,
+                stacklevel=5,
+            )
+            for name in stale:
+                del store[name]
         example = example.detach()
         if not torch.isfinite(example).all():
             raise ValueError(
@@ -471,11 +484,12 @@ class AdversarialObjective(ELBO):
 
     def _foreign_error(self, key):
         return ValueError(
-            f"{type(self).__name__}: the param store already holds parameters named "
-            f"'{self.discriminator_prefix}_{key}$$$...' that are not this objective's "
-            "discriminator (another objective's, or loaded over it). pyro.module would "
-            "silently train those instead; give each objective its own "
-            "discriminator_prefix=, or call pyro.clear_param_store() between runs."
+            f"{type(self).__name__}: the param store's parameters named "
+            f"'{self.discriminator_prefix}_{key}$$$...' are no longer this objective's "
+            "discriminator (another objective built its own under that name, or they were "
+            "loaded over it). pyro.module would silently train those instead; give each "
+            "objective its own discriminator_prefix=, or call pyro.clear_param_store() "
+            "between runs."
         )
 
     def _reset(self):

@@ -139,22 +139,25 @@ def test_cleared_param_store_restarts_the_discriminator():
     assert next(new.parameters()).shape == old_weight.shape
 
 
-def test_two_objectives_sharing_discriminator_names_are_refused():
+def test_two_objectives_sharing_discriminator_names():
     # old code: the second objective's discriminator was never trained (pyro.module
     # handed the first objective's tensors to the optimizer, the gradients went elsewhere)
     first = Trace_GAN()
-    SVI(gan_model(0), no_guide, pyro.optim.Adam({"lr": 1e-3}), loss=first).step(torch.randn(8, 1))
+    svi1 = SVI(gan_model(0), no_guide, pyro.optim.Adam({"lr": 1e-3}), loss=first)
+    svi1.step(torch.randn(8, 1))
     second = Trace_GAN(discriminator_hidden_dims=(4,))
-    svi = SVI(gan_model(1), no_guide, pyro.optim.Adam({"lr": 1e-3}), loss=second)
-    with pytest.raises(ValueError, match="discriminator_prefix"):
+    svi = SVI(gan_model(1), no_guide, pyro.optim.Adam({"lr": 1e-2}), loss=second)
+    with pytest.warns(ObjectiveRebuiltWarning, match="discriminator_prefix"):
         svi.step(torch.randn(8, 1))
-    # with its own prefix it trains its own discriminator
-    third = Trace_GAN(discriminator_hidden_dims=(4,), discriminator_prefix="critic")
-    svi = SVI(gan_model(1), no_guide, pyro.optim.Adam({"lr": 1e-2}), loss=third)
+    # the second trains its own discriminator
+    before = next(second.discriminators["data"].parameters()).detach().clone()
     svi.step(torch.randn(8, 1))
-    before = next(third.discriminators["data"].parameters()).detach().clone()
-    svi.step(torch.randn(8, 1))
-    assert not torch.equal(before, next(third.discriminators["data"].parameters()))
+    assert not torch.equal(before, next(second.discriminators["data"].parameters()))
+    store = pyro.get_param_store()
+    assert store["discriminator_data$$$net.0.weight"].shape == (4, 1)
+    # and the first, whose discriminator is gone from the store, refuses to continue
+    with pytest.raises(ValueError, match="no longer this objective's"):
+        svi1.step(torch.randn(8, 1))
 
 
 def test_the_same_guide_factory_called_again_is_the_same_guide():
