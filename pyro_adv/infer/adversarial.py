@@ -428,8 +428,9 @@ class AdversarialObjective(ELBO):
             guide_event = tuple(getattr(guide_site["fn"], "event_shape", ()))
             if model_event != guide_event:
                 raise ValueError(
-                    f"{name}: at site '{site_name}' the guide's distribution has event shape "
-                    f"{guide_event} (batch shape {tuple(guide_site['fn'].batch_shape)}) but "
+                    f"{name}: shapes disagree at site '{site_name}': the guide's distribution "
+                    f"has event shape {guide_event} (batch shape "
+                    f"{tuple(guide_site['fn'].batch_shape)}) but "
                     f"the model's has event shape {model_event}; declare the same event "
                     f"dims in the guide (e.g. .to_event({len(model_event)}))"
                 ) from cause
