@@ -1,7 +1,7 @@
 r"""
 Training conveniences around :class:`pyro.infer.SVI`: a loop with a progress bar
-and a history, warnings for the two ways adversarial training fails silently,
-and checkpoints that resume a run exactly.
+and a history, warnings for the ways adversarial training fails silently, and
+checkpoints that resume a run exactly.
 
 Example::
 
@@ -15,8 +15,13 @@ Example::
 
 Checkpoints hold only tensors, numbers, strings, lists and dicts, and are read
 with ``torch.load(weights_only=True)``: loading one never executes pickled code.
+Each carries a SHA-256 digest of its contents, and everything in it is checked
+against the SVI object (objective class, parameter names, shapes and
+constraints, discriminators, buffers, optimizer state) before any state changes.
 """
 
+import hashlib
+import io
 import math
 import os
 import random
@@ -24,23 +29,25 @@ import warnings
 
 import numpy as np
 import pyro
-import pyro.distributions.constraints as pyro_constraints
 import torch
-from torch.distributions import constraints as torch_constraints
 
 __all__ = [
+    "CheckpointError",
     "DiscriminatorWinsWarning",
     "NonFiniteLossWarning",
+    "TrainingDivergesWarning",
     "fit",
     "load_checkpoint",
     "objective_of",
     "save_checkpoint",
 ]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_FORMAT = "pyro_adv-checkpoint"
+CHECKPOINT_VERSION = 2
 
 _LOSS_KEYS = ("loss", "generator_loss", "discriminator_loss")
 _ACCURACY_KEYS = ("discriminator_accuracy_real", "discriminator_accuracy_fake")
+_LOGIT_KEY = "discriminator_max_abs_logit"
 
 
 class DiscriminatorWinsWarning(UserWarning):
@@ -51,8 +58,21 @@ class NonFiniteLossWarning(UserWarning):
     """A loss became NaN or infinite; training was stopped."""
 
 
+class TrainingDivergesWarning(UserWarning):
+    """The loss exploded or the discriminator's logits saturated: training diverges."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is corrupted, or does not match the SVI object it is loaded into."""
+
+
 def _format(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _has_accuracies(stats):
+    # TraceAVB_ELBO reports None when no site is implicit (nothing is discriminated)
+    return all(stats.get(k) is not None for k in _ACCURACY_KEYS)
 
 
 def _postfix(loss, stats):
@@ -61,7 +81,7 @@ def _postfix(loss, stats):
         postfix["G"] = _format(stats["generator_loss"])
     if "discriminator_loss" in stats:
         postfix["D"] = _format(stats["discriminator_loss"])
-    if all(k in stats for k in _ACCURACY_KEYS):
+    if _has_accuracies(stats):
         postfix["acc"] = (
             f"{stats['discriminator_accuracy_real']:.2f}/{stats['discriminator_accuracy_fake']:.2f}"
         )
@@ -81,6 +101,24 @@ def _scalar(value):
     return None
 
 
+def _logits_saturate(objective):
+    # only critics whose output is a logit (a log density ratio) saturate a sigmoid;
+    # a Wasserstein critic's scale is the data's
+    divergence = getattr(objective, "divergence", None)
+    return bool(getattr(divergence, "identifies_ratio", False))
+
+
+def _check_writable(path):
+    """Fails now, not after the run, when ``path`` cannot be written."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb"):
+            pass
+        os.remove(tmp)
+    except OSError as e:
+        raise ValueError(f"checkpoint_path {path!r} cannot be written: {e}") from e
+
+
 def fit(
     svi,
     num_steps,
@@ -91,6 +129,9 @@ def fit(
     win_window=200,
     win_threshold=0.99,
     stop_on_nonfinite=True,
+    explode_factor=1e6,
+    saturated_logit=30.0,
+    saturation_window=20,
     checkpoint_path=None,
     checkpoint_every=None,
     callback=None,
@@ -108,17 +149,31 @@ def fit(
     The history is a dict of lists: ``"step"``, ``"loss"`` and every scalar of the
     objective's ``stats`` (e.g. ``"discriminator_accuracy_real"``, ``"kl"``).
 
-    Two failures are flagged:
+    Failures that would otherwise pass silently are flagged:
 
     * the **discriminator wins**: its accuracy is at least ``win_threshold`` on
       both sides for ``win_window`` consecutive steps. Its logit is then no longer
       a usable density-ratio estimate (its gradients vanish or explode; thesis
       section 3): warns :class:`DiscriminatorWinsWarning` once. Remedies: a
       smaller discriminator learning rate, more guide capacity, adaptive contrast.
+    * **divergence**: the loss grows to ``explode_factor`` times the first step's
+      (at least 1 in absolute value), e.g. an impossible ELBO of ``-1e30``, or the
+      discriminator's largest absolute logit exceeds ``saturated_logit`` for
+      ``saturation_window`` consecutive steps (a sigmoid is then exactly 0 or 1
+      and the losses freeze, e.g. at 0 with accuracy 1.0/1.0): warns
+      :class:`TrainingDivergesWarning` once. Usually the learning rate is too large.
     * a **non-finite loss** (NaN or inf), returned or raised as
       :class:`~pyro_adv.infer.NonFiniteLossError`: warns
       :class:`NonFiniteLossWarning` and stops (``stop_on_nonfinite``), returning
       the history so far.
+
+    Any other exception propagates with the history so far attached as its
+    ``history`` attribute (``except Exception as e: e.history``); a ``history``
+    passed in is extended in place, so it is never lost either.
+
+    For ``discriminator_steps > 1`` the objective's extra discriminator updates
+    use a copy of ``svi.optim``'s settings unless it was given its own optimizer
+    (see :meth:`~pyro_adv.infer.AdversarialObjective.use_optimizer_of`).
 
     :param pyro.infer.SVI svi: the SVI object.
     :param int num_steps: number of steps.
@@ -129,7 +184,12 @@ def fit(
     :param int win_window: steps of near-perfect accuracy before warning.
     :param float win_threshold: accuracy that counts as near-perfect.
     :param bool stop_on_nonfinite: stop at a non-finite loss (otherwise raise).
-    :param str checkpoint_path: where to save checkpoints (see :func:`save_checkpoint`).
+    :param float explode_factor: growth of the loss over the first step's that
+        counts as divergence.
+    :param float saturated_logit: absolute discriminator logit that counts as saturated.
+    :param int saturation_window: consecutive saturated steps before warning.
+    :param str checkpoint_path: where to save checkpoints (see :func:`save_checkpoint`);
+        checked to be writable before the first step.
     :param int checkpoint_every: save every this many steps (and at the end).
     :param callable callback: called as ``callback(step, loss, stats)`` after each
         step; returning ``True`` stops training.
@@ -140,13 +200,27 @@ def fit(
 
     from pyro_adv.infer.adversarial import NonFiniteLossError
 
-    if int(num_steps) != num_steps or num_steps < 0:
+    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps}")
-    if checkpoint_every is not None and checkpoint_path is None:
-        raise ValueError("checkpoint_every needs a checkpoint_path")
+    if checkpoint_every is not None:
+        if (
+            isinstance(checkpoint_every, bool)
+            or int(checkpoint_every) != checkpoint_every
+            or checkpoint_every < 1
+        ):
+            raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every}")
+        if checkpoint_path is None:
+            raise ValueError("checkpoint_every needs a checkpoint_path")
+    if checkpoint_path is not None:
+        _check_writable(checkpoint_path)
+    objective = objective_of(svi)
+    if hasattr(objective, "use_optimizer_of"):
+        objective.use_optimizer_of(svi)
     history = {"step": [], "loss": []} if history is None else history
     start = history["step"][-1] + 1 if history.get("step") else 0
     streak, warned = 0, False
+    saturated, diverge_warned, reference = 0, False, None
+    saturates = _logits_saturate(objective)
     bar = tqdm(range(start, start + int(num_steps)), desc=desc, disable=not progress, leave=True)
     try:
         for step in bar:
@@ -160,7 +234,7 @@ def fit(
                     f"step {step}: {e}; training stopped", NonFiniteLossWarning, stacklevel=2
                 )
                 break
-            stats = dict(getattr(objective_of(svi), "stats", None) or {})
+            stats = dict(getattr(objective, "stats", None) or {})
             _record(history, step, loss, stats)
             if not math.isfinite(loss) or any(
                 not math.isfinite(history[k][-1]) for k in _LOSS_KEYS if k in stats
@@ -174,7 +248,28 @@ def fit(
                     stacklevel=2,
                 )
                 break
-            if all(k in stats for k in _ACCURACY_KEYS):
+            if reference is None:
+                reference = max(abs(loss), 1.0)
+            logit = stats.get(_LOGIT_KEY)
+            saturated = saturated + 1 if saturates and logit and logit > saturated_logit else 0
+            if not diverge_warned and (
+                abs(loss) > explode_factor * reference or saturated >= saturation_window
+            ):
+                diverge_warned = True
+                what = (
+                    f"the loss {loss:.4g} is over {explode_factor:g} times the first step's"
+                    if abs(loss) > explode_factor * reference
+                    else f"the discriminator's logits have exceeded {saturated_logit:g} in "
+                    f"absolute value for {saturated} steps (largest {logit:.4g}): its sigmoid "
+                    "is saturated and its losses and accuracies are meaningless"
+                )
+                warnings.warn(
+                    f"step {step}: training diverges: {what}. Lower the learning rate "
+                    "(especially the discriminator's) or rescale the data.",
+                    TrainingDivergesWarning,
+                    stacklevel=2,
+                )
+            if _has_accuracies(stats):
                 wins = min(stats[k] for k in _ACCURACY_KEYS) >= win_threshold
                 streak = streak + 1 if wins else 0
                 if streak >= win_window and not warned:
@@ -193,6 +288,13 @@ def fit(
                 save_checkpoint(checkpoint_path, svi, step=step + 1, history=history)
             if callback is not None and callback(step, loss, stats):
                 break
+    except BaseException as e:
+        # the run so far is the caller's: never lose it with the exception
+        try:
+            e.history = history
+        except AttributeError:  # exceptions with __slots__
+            pass
+        raise
     finally:
         bar.close()
     if checkpoint_path is not None and history["step"]:
@@ -216,64 +318,77 @@ def _record(history, step, loss, stats):
 
 
 # ---------------------------------------------------------------- checkpoints
-def _constraint_modules():
-    return (torch_constraints, pyro_constraints)
+_STATE_KEYS = {
+    "version",
+    "objective",
+    "step",
+    "history",
+    "extra",
+    "params",
+    "constraints",
+    "optim",
+    "discriminator_optim",
+    "discriminator_optim_source",
+    "discriminators",
+    "guide_buffers",
+    "modules",
+    "rng",
+}
 
 
-def _constraint_to_spec(constraint):
-    """A weights_only-safe description of a constraint (name or class + attributes)."""
-    for module in _constraint_modules():
-        for name, value in vars(module).items():
-            if value is constraint:
-                return {"name": name}
-    attrs = {}
-    for key, value in vars(constraint).items():
-        if isinstance(value, torch_constraints.Constraint):
-            attrs[key] = _constraint_to_spec(value)
-        elif torch.is_tensor(value) or isinstance(value, (bool, int, float, str, type(None))):
-            attrs[key] = value
-        else:
-            return {"unknown": type(constraint).__name__}
-    return {"class": type(constraint).__name__, "attrs": attrs}
+def _class_name(obj):
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _spec_to_constraint(spec, param_name):
-    if "name" in spec:
-        for module in _constraint_modules():
-            if spec["name"] in vars(module):
-                return vars(module)[spec["name"]]
-    elif "class" in spec:
-        for module in _constraint_modules():
-            cls = vars(module).get(spec["class"])
-            if isinstance(cls, type):
-                obj = cls.__new__(cls)
-                for key, value in spec["attrs"].items():
-                    if isinstance(value, dict):
-                        value = _spec_to_constraint(value, param_name)
-                    obj.__dict__[key] = value
-                return obj
-    raise ValueError(
-        f"cannot rebuild the constraint {spec} of param {param_name!r}; create the param "
-        "(e.g. by passing svi.step's arguments to load_checkpoint) before loading"
-    )
+def _constraint_name(constraint):
+    # constraints cannot be stored weights-only; their repr is compared on load
+    return repr(constraint)
+
+
+def _params():
+    """``{name: unconstrained tensor}``: the live tensors, through Pyro's public API."""
+    return pyro.get_param_store().get_state()["params"]
+
+
+def _constraints():
+    return pyro.get_param_store().get_state()["constraints"]
 
 
 def _buffers(module):
     return {name: b.detach().clone() for name, b in module.named_buffers()}
 
 
-def _set_buffers(module, buffers, where):
+def _check_buffers(module, buffers, where):
+    """Every saved buffer exists in ``module`` (or is registered and empty) with its shape."""
+    live = dict(module.named_buffers())
     for name, value in buffers.items():
+        if name in live:
+            if live[name].shape != value.shape:
+                raise CheckpointError(
+                    f"{where}: buffer {name!r} has shape {tuple(live[name].shape)} but the "
+                    f"checkpoint holds {tuple(value.shape)}; was it built the same way?"
+                )
+            continue
         owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
-        current = owner._buffers.get(leaf)
-        if current is not None and current.shape == value.shape:
+        try:
+            owner = module.get_submodule(owner_name) if owner_name else module
+        except AttributeError:
+            owner = None
+        # a registered buffer that is still None (e.g. an unbuilt standardization)
+        if owner is None or not hasattr(owner, leaf) or getattr(owner, leaf) is not None:
+            raise CheckpointError(f"{where} has no buffer {name!r}; was it built the same way?")
+
+
+def _set_buffers(module, buffers):
+    live = dict(module.named_buffers())
+    for name, value in buffers.items():
+        if name in live:
             with torch.no_grad():
-                current.copy_(value)
-        elif leaf in owner._buffers:
-            owner._buffers[leaf] = value.to(current if current is not None else value)
+                live[name].copy_(value)
         else:
-            raise ValueError(f"{where} has no buffer {name!r}; was it built the same way?")
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            setattr(owner, leaf, value.clone())  # nn.Module files it under its buffers
 
 
 def _rng_state():
@@ -317,18 +432,21 @@ def _optim_state(optim):
     return None if optim is None else optim.get_state()
 
 
-def _set_optim_state(optim, state, what="optimizer"):
-    if state is None:
-        return
-    if optim is None:
-        warnings.warn(f"the checkpoint has {what} state but there is no {what} to restore it to")
-        return
-    optim.set_state(state)
-    # PyroOptim applies saved state when it first sees a param; forget the
-    # optimizers it already built so that the saved state is applied to all
+def _set_optim_state(optim, state):
+    # PyroOptim.set_state only queues the state: it is applied when the optimizer of a
+    # param is built. Forget the optimizers already built (after a step or an
+    # evaluation of this SVI) so the saved state reaches every param. There is no
+    # public API for this; tests/reliability/test_checkpoints.py breaks if it changes.
     for attr in ("optim_objs", "grad_clip"):
         if isinstance(getattr(optim, attr, None), dict):
             getattr(optim, attr).clear()
+    optim.set_state(state)
+
+
+def _dump(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None):
@@ -336,15 +454,17 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
     Saves everything needed to resume ``svi`` exactly to one file:
 
     * Pyro's param store (guide, model and discriminator parameters, in
-      unconstrained space, with their constraints);
-    * the optimizer state (``svi.optim.get_state()``, and the objective's
-      ``discriminator_optim`` if any);
+      unconstrained space, from ``pyro.get_param_store().get_state()``, with the
+      names of their constraints);
+    * the optimizer state (``svi.optim.get_state()``, and that of the objective's
+      ``discriminator_optim``);
     * the buffers of the objective's discriminators (their input
       standardization), of the guide if it is a module, and the ``state_dict``
       of each of ``modules``;
     * the torch, numpy and Python random states (and CUDA's, where present);
-    * ``step``, ``history`` and ``extra`` (tensors, numbers, strings, lists,
-      dicts only).
+    * the objective's class, ``step``, ``history`` and ``extra`` (tensors,
+      numbers, strings, lists, dicts only);
+    * a SHA-256 digest of all of it, checked by :func:`load_checkpoint`.
 
     :param str path: file to write (written atomically).
     :param pyro.infer.SVI svi: the SVI object.
@@ -354,20 +474,21 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
         store.
     :param dict extra: anything else to keep.
     """
-    store = pyro.get_param_store()
     objective = objective_of(svi)
+    if hasattr(objective, "use_optimizer_of"):
+        objective.use_optimizer_of(svi)
     discriminators = getattr(objective, "discriminators", None)
     state = {
         "version": CHECKPOINT_VERSION,
+        "objective": _class_name(objective),
         "step": step,
         "history": history,
         "extra": extra,
-        "params": {name: store._params[name].detach().clone() for name in store.keys()},
-        "constraints": {
-            name: _constraint_to_spec(store._constraints[name]) for name in store.keys()
-        },
+        "params": {name: p.detach().clone() for name, p in _params().items()},
+        "constraints": {name: _constraint_name(c) for name, c in _constraints().items()},
         "optim": _optim_state(svi.optim),
         "discriminator_optim": _optim_state(getattr(objective, "discriminator_optim", None)),
+        "discriminator_optim_source": getattr(objective, "discriminator_optim_source", None),
         "discriminators": (
             {key: _buffers(m) for key, m in discriminators.items()}
             if discriminators is not None
@@ -377,9 +498,62 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
         "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
         "rng": _rng_state(),
     }
+    payload = _dump(state)
+    outer = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
+    torch.save(outer, tmp)
     os.replace(tmp, path)
+
+
+def _read(path, map_location):
+    """The checked contents of a checkpoint file."""
+    try:
+        outer = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path} cannot be read as a checkpoint (corrupted?): {e}") from e
+    if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a pyro_adv checkpoint (version {CHECKPOINT_VERSION}); "
+            "write one with pyro_adv.training.save_checkpoint"
+        )
+    if outer.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} is a pyro_adv checkpoint of version {outer.get('version')}, this is "
+            f"version {CHECKPOINT_VERSION}"
+        )
+    payload = outer.get("payload")
+    if not torch.is_tensor(payload) or payload.dtype != torch.uint8:
+        raise CheckpointError(f"{path}: malformed checkpoint (no payload)")
+    data = payload.numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
+        raise CheckpointError(
+            f"{path} failed its integrity check (SHA-256 mismatch): the file is corrupted"
+        )
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location=map_location)
+    except Exception as e:
+        raise CheckpointError(f"{path}: the checkpoint's contents cannot be read: {e}") from e
+    if not isinstance(state, dict) or set(state) != _STATE_KEYS:
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: malformed checkpoint (keys {keys})")
+    return state
+
+
+def _check_optim_state(state, names, what):
+    if state is None:
+        return
+    if not isinstance(state, dict):
+        raise CheckpointError(f"malformed {what} state in the checkpoint")
+    unknown = sorted(set(state) - set(names))
+    if unknown:
+        raise CheckpointError(f"the checkpoint's {what} state is for unknown params {unknown}")
 
 
 def load_checkpoint(path, svi, *args, modules=None, restore_rng=True, map_location=None, **kwargs):
@@ -391,9 +565,16 @@ def load_checkpoint(path, svi, *args, modules=None, restore_rng=True, map_locati
     Guides and discriminators are built lazily, on their first call. Pass the
     arguments of ``svi.step`` as ``*args, **kwargs``: they are used for one
     ``svi.evaluate_loss`` call that builds everything before the state is
-    copied in (its randomness is undone by the restored random state).
+    copied in (its randomness is undone by the restored random state). Every
+    parameter of the checkpoint must then exist with the same shape and
+    constraint, and nothing else may be in the param store.
 
-    The file is read with ``torch.load(weights_only=True)``.
+    Everything is validated before anything is changed: the file's integrity
+    (SHA-256), its keys, the objective's class, the names, shapes and constraints
+    of the params, the discriminators' and guide's buffers, ``modules`` and the
+    optimizer state. On :class:`CheckpointError` the param store, optimizers,
+    modules and random state are as they were after building. The file is read
+    with ``torch.load(weights_only=True)``.
 
     :param str path: checkpoint file.
     :param pyro.infer.SVI svi: an SVI object built like the saved one.
@@ -401,51 +582,97 @@ def load_checkpoint(path, svi, *args, modules=None, restore_rng=True, map_locati
     :param bool restore_rng: restore the random states.
     :param map_location: passed to :func:`torch.load` (e.g. ``"cpu"``).
     :returns: dict with ``step``, ``history`` and ``extra``.
+    :raises CheckpointError: (a ``ValueError``) for a corrupted or mismatched file.
     """
-    state = torch.load(path, weights_only=True, map_location=map_location)
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a pyro_adv checkpoint (version {CHECKPOINT_VERSION})")
+    state = _read(path, map_location)
+    objective = objective_of(svi)
+    if state["objective"] != _class_name(objective):
+        raise CheckpointError(
+            f"{path} was saved from a {state['objective']} run but svi's objective is a "
+            f"{_class_name(objective)}"
+        )
     if args or kwargs:
         svi.evaluate_loss(*args, **kwargs)
-    store = pyro.get_param_store()
+    hint = "pass svi.step's arguments to load_checkpoint so everything is built first"
+
+    # ---- validate everything first
+    params, constraints = _params(), _constraints()
+    missing = sorted(set(state["params"]) - set(params))
+    if missing:
+        raise CheckpointError(f"the checkpoint has params {missing} that are not built yet; {hint}")
+    unexpected = sorted(set(params) - set(state["params"]))
+    if unexpected:
+        raise CheckpointError(
+            f"the param store has params {unexpected} that the checkpoint lacks; build the "
+            "model and guide as in the saved run (clear the param store first)"
+        )
     for name, value in state["params"].items():
-        if name in store:
-            current = store._params[name]
-            if current.shape != value.shape:
-                raise ValueError(
-                    f"param {name!r} has shape {tuple(current.shape)} but the checkpoint holds "
-                    f"{tuple(value.shape)}; build the guide and model as in the saved run"
-                )
-            with torch.no_grad():
-                # in place: modules registered with pyro.module share these tensors
-                current.copy_(value)
-        else:
-            constraint = _spec_to_constraint(state["constraints"][name], name)
-            value = value.detach().requires_grad_(value.is_floating_point())
-            store.set_state({"params": {name: value}, "constraints": {name: constraint}})
-    objective = objective_of(svi)
+        current = params[name]
+        if current.shape != value.shape or current.dtype != value.dtype:
+            raise CheckpointError(
+                f"param {name!r} is {tuple(current.shape)} {current.dtype} but the checkpoint "
+                f"holds {tuple(value.shape)} {value.dtype}; build the guide and model as in "
+                "the saved run"
+            )
+        saved = state["constraints"].get(name)
+        if saved != _constraint_name(constraints[name]):
+            raise CheckpointError(
+                f"param {name!r} has constraint {_constraint_name(constraints[name])} but the "
+                f"checkpoint's was {saved}"
+            )
     discriminators = getattr(objective, "discriminators", None)
     for key, buffers in state["discriminators"].items():
         if discriminators is None or key not in discriminators:
-            raise ValueError(
-                f"the checkpoint has discriminator {key!r} but the objective has not built it "
-                "yet; pass svi.step's arguments to load_checkpoint so it is built first"
+            raise CheckpointError(
+                f"the checkpoint has discriminator {key!r} but the objective has not built "
+                f"it; {hint}"
             )
-        _set_buffers(discriminators[key], buffers, f"discriminator {key!r}")
+        _check_buffers(discriminators[key], buffers, f"discriminator {key!r}")
     if state["guide_buffers"]:
         if not isinstance(svi.guide, torch.nn.Module):
-            raise ValueError("the checkpoint has guide buffers but svi.guide is not a module")
-        _set_buffers(svi.guide, state["guide_buffers"], "the guide")
+            raise CheckpointError("the checkpoint has guide buffers but svi.guide is not a module")
+        _check_buffers(svi.guide, state["guide_buffers"], "the guide")
     for name, saved in state["modules"].items():
         if modules is None or name not in modules:
-            raise ValueError(f"the checkpoint has module {name!r}: pass it in modules=")
+            raise CheckpointError(f"the checkpoint has module {name!r}: pass it in modules=")
+        live = modules[name].state_dict()
+        if set(live) != set(saved) or any(live[k].shape != saved[k].shape for k in live):
+            raise CheckpointError(f"module {name!r} does not match the checkpoint's state_dict")
+    _check_optim_state(state["optim"], state["params"], "optimizer")
+    if state["optim"] and svi.optim is None:
+        raise CheckpointError("the checkpoint has optimizer state but svi has no optimizer")
+    _check_optim_state(state["discriminator_optim"], state["params"], "discriminator_optim")
+    source = state["discriminator_optim_source"]
+    if state["discriminator_optim"] and getattr(objective, "discriminator_optim", None) is None:
+        if source == "user":
+            raise CheckpointError(
+                "the checkpoint has the state of a discriminator_optim given to the objective; "
+                "pass the same discriminator_optim to it"
+            )
+    if restore_rng and not (isinstance(state["rng"], dict) and "torch" in state["rng"]):
+        raise CheckpointError("malformed random state in the checkpoint")
+
+    # ---- then change state
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            # in place: modules registered with pyro.module share these tensors
+            params[name].copy_(value)
+    for key, buffers in state["discriminators"].items():
+        _set_buffers(discriminators[key], buffers)
+    if state["guide_buffers"]:
+        _set_buffers(svi.guide, state["guide_buffers"])
+    for name, saved in state["modules"].items():
         modules[name].load_state_dict(saved)
-    _set_optim_state(svi.optim, state["optim"])
-    _set_optim_state(
-        getattr(objective, "discriminator_optim", None),
-        state["discriminator_optim"],
-        "discriminator_optim (pass one to the objective)",
-    )
+    if state["optim"] is not None and svi.optim is not None:
+        _set_optim_state(svi.optim, state["optim"])
+    if state["discriminator_optim"] is not None or source is not None:
+        if getattr(objective, "discriminator_optim", None) is None:
+            if source == "default":
+                objective._default_discriminator_optim()
+            elif source == "svi":
+                objective.use_optimizer_of(svi)
+        if state["discriminator_optim"] is not None:
+            _set_optim_state(objective.discriminator_optim, state["discriminator_optim"])
     if restore_rng:
         _set_rng_state(state["rng"])
     return {"step": state["step"], "history": state["history"], "extra": state["extra"]}

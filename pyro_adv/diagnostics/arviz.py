@@ -60,6 +60,8 @@ class _Recorder:
     def __init__(self, guide):
         self.guide = guide
         self.traces = []
+        # the objective sees the user's guide behind the wrapper (its reuse check)
+        self.__wrapped__ = guide
 
     def __call__(self, *args, **kwargs):
         handler = poutine.trace(self.guide)
@@ -68,16 +70,21 @@ class _Recorder:
         return result
 
     def particle_trace(self, num_particles):
-        """The trace of the call vectorized over ``num_particles`` particles."""
+        """
+        The trace of the call vectorized over ``num_particles`` particles, and the
+        nesting below its particle plate (the plate sits at ``-(nesting + 1)``).
+        """
         # an objective may call the guide more than once (shape guessing, extra draws
         # for moment estimates); the scored draws are those in the particle plate
         for trace in reversed(self.traces):
             for site in trace.nodes.values():
-                if site["type"] == "sample" and any(
-                    f.name == _PARTICLE_PLATE and f.size == num_particles
-                    for f in site["cond_indep_stack"]
-                ):
-                    return trace
+                if site["type"] != "sample":
+                    continue
+                for f in site["cond_indep_stack"]:
+                    if f.name == _PARTICLE_PLATE and f.size == num_particles:
+                        # the model must be vectorized at the same dim, or particle and
+                        # draw dims mix (every draw then got the same lp)
+                        return trace, -f.dim - 1
         raise ValueError(
             "could not find the objective's particle-vectorized guide draws; "
             "to_inference_data(objective=...) needs an objective with vectorized particles"
@@ -101,8 +108,8 @@ def _draw(model, guide, args, kwargs, num_samples, nesting, parallel, objective=
                 f"{type(objective).__name__}.importance_log_weights returned "
                 f"{log_w.numel()} weights for {num_samples} draws"
             )
-        nesting = getattr(objective, "max_plate_nesting", nesting)
-        guide_traces = [recorder.particle_trace(num_samples)]
+        guide_trace, nesting = recorder.particle_trace(num_samples)
+        guide_traces = [guide_trace]
         parallel = True
     elif parallel:
         guide_traces = [
@@ -132,22 +139,53 @@ def _draw(model, guide, args, kwargs, num_samples, nesting, parallel, objective=
     return guide_traces, model_traces, log_p, log_q, log_w, nesting
 
 
+def _log_likelihood(traces, names, shapes, num_samples):
+    """Pointwise ``log p(x_i | z)`` of each observed site, per draw (ArviZ's from_pyro)."""
+    result = {}
+    for n in names:
+        per_trace = []
+        for trace in traces:
+            site = trace.nodes[n]
+            lp = site["fn"].log_prob(site["value"])
+            if site["mask"] is not None and site["mask"] is not True:
+                lp = lp * site["mask"]  # masked-out elements contribute nothing
+            per_trace.append(lp.detach())
+        shape = shapes[n][: len(shapes[n]) - traces[0].nodes[n]["fn"].event_dim]
+        if len(traces) == 1:
+            result[n] = per_draw(per_trace[0], num_samples, shape)
+        else:
+            result[n] = torch.stack([lp.reshape(shape) for lp in per_trace])
+    return result
+
+
 def _values(traces, names, shapes, num_samples):
     if len(traces) == 1:
         return {n: per_draw(traces[0].nodes[n]["value"], num_samples, shapes[n]) for n in names}
     return {n: torch.stack([t.nodes[n]["value"] for t in traces]) for n in names}
 
 
-def _from_dict(groups, coords, dims):
+def _from_dict(groups, coords, dims, log_likelihood_dims=None):
     import arviz as az
 
     groups = {k: v for k, v in groups.items() if v}
+    split = log_likelihood_dims is not None and "log_likelihood" in groups
+    if split:
+        # an observed site with event dims has fewer log-likelihood dims than values:
+        # that group is built with its own dimension names and merged
+        ll = {"log_likelihood": groups.pop("log_likelihood")}
     with warnings.catch_warnings():
         # ArviZ warns about draws that are not MCMC chains (e.g. one chain); fine here
         warnings.simplefilter("ignore", UserWarning)
         if arviz_major_version() >= 1:
-            return az.from_dict(groups, coords=coords, dims=dims)
-        return az.from_dict(**groups, coords=coords, dims=dims)
+            result = az.from_dict(groups, coords=coords, dims=dims)
+            if split:
+                other = az.from_dict(ll, coords=coords, dims=log_likelihood_dims)
+                result["log_likelihood"] = other["log_likelihood"]
+            return result
+        result = az.from_dict(**groups, coords=coords, dims=dims)
+        if split:
+            result.extend(az.from_dict(**ll, coords=coords, dims=log_likelihood_dims))
+        return result
 
 
 def to_inference_data(
@@ -160,6 +198,7 @@ def to_inference_data(
     prior=False,
     posterior_predictive=False,
     observed_data=True,
+    log_likelihood=True,
     coords=None,
     dims=None,
     parallel=True,
@@ -182,6 +221,9 @@ def to_inference_data(
       :class:`~pyro_adv.infer.TraceAVB_ELBO` they were trained with)
       ``log_weight`` as estimated by the discriminator and the implied
       ``log_q``. ``log_weight`` feeds :func:`~pyro_adv.diagnostics.importance_diagnostics`.
+    * ``log_likelihood``: per draw, the pointwise :math:`\log p(x_i \mid z)` of each
+      observed site (its batch shape; event dims summed), as ArviZ's ``from_pyro``
+      makes it, so ``az.loo`` and ``az.waic`` work (``log_likelihood=True``).
     * ``observed_data``: the observed sites (``observed_data=True``).
     * ``prior`` and ``prior_predictive`` (``prior=True``): latents and data
       simulated from the model.
@@ -208,6 +250,7 @@ def to_inference_data(
     :param bool prior: add ``prior`` and ``prior_predictive``.
     :param bool posterior_predictive: add ``posterior_predictive``.
     :param bool observed_data: add ``observed_data``.
+    :param bool log_likelihood: add ``log_likelihood``.
     :param dict coords: ArviZ coordinates (dimension name -> values).
     :param dict dims: ArviZ dimension names (variable name -> list of names),
         overriding the automatic ones.
@@ -257,6 +300,9 @@ def to_inference_data(
             "posterior": {n: _to_numpy(v, num_chains) for n, v in posterior.items()},
             "sample_stats": {n: _to_numpy(v, num_chains) for n, v in stats.items()},
         }
+        if log_likelihood and observed:
+            ll = _log_likelihood(traces, observed, shapes, num_samples)
+            groups["log_likelihood"] = {n: _to_numpy(v, num_chains) for n, v in ll.items()}
         if observed_data and observed:
             groups["observed_data"] = {
                 n: model_trace.nodes[n]["value"].detach().cpu().numpy() for n in observed
@@ -295,4 +341,11 @@ def to_inference_data(
                     for n, v in _values(prior_traces, observed, shapes, num_samples).items()
                 }
     used_dims = {n: d for n, d in site_dims.items() if n in latent + observed or n in (dims or {})}
-    return _from_dict(groups, coords or None, used_dims)
+    ll_dims = None
+    if log_likelihood and any(model_trace.nodes[n]["fn"].event_dim for n in observed):
+        ll_dims = {
+            n: used_dims[n][: len(shapes[n]) - model_trace.nodes[n]["fn"].event_dim]
+            for n in observed
+            if n in used_dims
+        }
+    return _from_dict(groups, coords or None, used_dims, ll_dims)

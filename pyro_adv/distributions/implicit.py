@@ -68,10 +68,12 @@ class ImplicitDistribution(TorchDistribution):
     :param ~torch.distributions.Distribution base: the noise distribution; its
         batch shape is this distribution's batch shape. It must be
         reparameterizable.
-    :param torch.Size event_shape: the shape of one generated value. Inferred by
-        applying ``generator`` to a single noise value when omitted; pass it when
-        the generator adds batch dimensions of its own (e.g. it closes over a
-        batch of contexts).
+    :param torch.Size event_shape: the shape of one generated value. Inferred when
+        omitted from the generator's output on noise of the full batch shape
+        (``base.batch_shape + base.event_shape``, zeros, so no randomness is used):
+        the output's shape minus the batch shape. Generators that close over a
+        batch of parameters or contexts work without it; pass it when that
+        output does not start with the batch shape.
     :param constraints.Constraint support: the support of the generated values
         (``real`` by default); used only for documentation and validation.
     """
@@ -99,9 +101,7 @@ class ImplicitDistribution(TorchDistribution):
         self.base = base
         self._support = support
         if event_shape is None:
-            with torch.no_grad():
-                probe = generator(base.mean.new_zeros(base.event_shape))
-            event_shape = probe.shape
+            event_shape = _infer_event_shape(generator, base)
         super().__init__(base.batch_shape, torch.Size(event_shape), validate_args=False)
 
     @constraints.dependent_property
@@ -149,6 +149,12 @@ class ImplicitDistribution(TorchDistribution):
     def entropy(self):
         raise _density_error(f"The entropy of {type(self).__name__}")
 
+    def cdf(self, value):
+        raise _density_error(f"The cdf of {type(self).__name__}")
+
+    def icdf(self, value):
+        raise _density_error(f"The icdf (quantiles) of {type(self).__name__}")
+
 
 class ImplicitValue(ImplicitDistribution):
     """
@@ -189,6 +195,26 @@ class ImplicitValue(ImplicitDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         return self.value.expand(self._extended_shape(sample_shape))
+
+
+def _infer_event_shape(generator, base):
+    """``generator``'s output shape on one full batch of noise, minus the batch shape."""
+    batch_shape = base.batch_shape
+    try:
+        zeros = base.mean.new_zeros(batch_shape + base.event_shape)
+    except NotImplementedError:  # a base without a mean
+        zeros = base.sample().new_zeros(batch_shape + base.event_shape)
+    with torch.no_grad():
+        shape = generator(zeros).shape
+    n = len(batch_shape)
+    if len(shape) < n or torch.Size(shape[:n]) != batch_shape:
+        raise ValueError(
+            f"ImplicitDistribution: cannot infer the event shape: on noise of shape "
+            f"{tuple(zeros.shape)} (batch shape {tuple(batch_shape)}) the generator returned "
+            f"shape {tuple(shape)}, which does not start with the batch shape; pass "
+            "event_shape= explicitly"
+        )
+    return shape[n:]
 
 
 def unwrap(fn):

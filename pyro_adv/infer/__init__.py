@@ -4,6 +4,8 @@ from pyro_adv.infer import divergences
 from pyro_adv.infer.adversarial import (
     AdversarialObjective,
     NonFiniteLossError,
+    ObjectiveRebuiltWarning,
+    ZeroGradientWarning,
     is_discriminator_param,
 )
 from pyro_adv.infer.divergences import get_divergence
@@ -18,6 +20,8 @@ __all__ = [
     "simulate",
     "AdversarialObjective",
     "NonFiniteLossError",
+    "ObjectiveRebuiltWarning",
+    "ZeroGradientWarning",
     "divergences",
     "get_divergence",
     "is_discriminator_param",

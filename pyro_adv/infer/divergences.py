@@ -62,6 +62,8 @@ class Divergence:
     name = None
     #: whether ``log_ratio`` identifies ``log p/q`` at the optimum
     identifies_ratio = True
+    #: whether :meth:`penalty` regularizes the critic (its value is then reported)
+    has_penalty = False
 
     # --- the two functions that define an f-divergence, written in the logit v ---
     def activation(self, v):
@@ -320,6 +322,7 @@ class Wasserstein(Divergence):
 
     name = "wasserstein"
     identifies_ratio = False
+    has_penalty = True
 
     def __init__(self, gradient_penalty=10.0, weight_clip=None, one_sided=True):
         if gradient_penalty < 0:

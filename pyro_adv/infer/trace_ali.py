@@ -14,8 +14,9 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch import nn
 
 from pyro_adv.distributions.implicit import ImplicitValue, unwrap
-from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.adversarial import AdversarialObjective, check_discriminator_spec
 from pyro_adv.infer.divergences import get_divergence
+from pyro_adv.infer.two_sample import TwoSampleGame
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
@@ -100,7 +101,7 @@ def simulate(model, num_simulations, *args, **kwargs):
     return bank
 
 
-class Trace_ALI(AdversarialObjective):
+class Trace_ALI(TwoSampleGame, AdversarialObjective):
     r"""
     Adversarially Learned Inference (Dumoulin et al. 2016) and BiGAN (Donahue,
     Krähenbühl and Darrell 2016): an amortized posterior :math:`q_\gamma(z \mid x)`
@@ -255,11 +256,7 @@ class Trace_ALI(AdversarialObjective):
             raise ValueError(
                 f"Trace_ALI: num_particles must be None or a positive integer, got {num_particles}"
             )
-        if not (discriminator is None or callable(discriminator)):
-            raise TypeError(
-                "Trace_ALI: discriminator must be None, an nn.Module or a factory "
-                f"key -> nn.Module, got {discriminator!r}"
-            )
+        check_discriminator_spec(discriminator, "Trace_ALI")
         if context_transform is not None and not callable(context_transform):
             raise TypeError(
                 f"Trace_ALI: context_transform must be callable, got {context_transform!r}"
@@ -274,6 +271,8 @@ class Trace_ALI(AdversarialObjective):
             discriminator_prefix=discriminator_prefix,
         )
         self._choose_particles = num_particles is None
+        self._particles_given = num_particles
+        self._particle_room = False  # whether _setup widened a given max_plate_nesting
         self._global_data = None  # a fingerprint of the last step's data (global groups)
         self._warned_fixed_data = False
         self.simulations = simulations
@@ -292,7 +291,7 @@ class Trace_ALI(AdversarialObjective):
         self._simulations = _check_bank(bank)
 
     # ------------------------------------------------------------------ set-up
-    def _prepare(self, model, guide, args, kwargs):
+    def _setup(self, model, guide, args, kwargs):
         if self._choose_particles:
             self._choose_particles = False
             with poutine.block():
@@ -301,7 +300,20 @@ class Trace_ALI(AdversarialObjective):
                 self.num_particles = GLOBAL_PARTICLES
                 if self.max_plate_nesting != float("inf"):
                     self.max_plate_nesting += 1  # room for the particle plate, as Pyro's ELBO
-        super()._prepare(model, guide, args, kwargs)
+                    self._particle_room = True
+        super()._setup(model, guide, args, kwargs)
+
+    def _reset(self):
+        super()._reset()
+        # the particle count was chosen for the previous guide's latents
+        if self._particles_given is None:
+            self._choose_particles = True
+            self.num_particles = 1
+            if self._particle_room:
+                self.max_plate_nesting -= 1
+                self._particle_room = False
+        self._global_data = None
+        self._warned_fixed_data = False
 
     # ------------------------------------------------------------------ traces
     def _traces(self, model, guide, args, kwargs):
@@ -568,14 +580,13 @@ class Trace_ALI(AdversarialObjective):
     def _discriminator(self, key, x, z):
         key = _module_key(key)
         if key not in self.discriminators:
-            module = self._factory(key)()
-            example = torch.cat([x, z], -1).detach()
-            if hasattr(module, "initialize"):
-                module.initialize(example)  # lazily sized; standardization from this batch
-            else:
-                with torch.no_grad():
-                    module(x.detach(), z.detach())
-            self.discriminators[key] = module
+            # lazily sized; the input standardization comes from this batch
+            self._build_discriminator(
+                key,
+                self._factory(key),
+                torch.cat([x, z], -1),
+                probe=lambda module: module(x.detach(), z.detach()),
+            )
         return self.discriminator(key, None, None)
 
     def _losses(self, model, guide, args, kwargs):

@@ -10,8 +10,13 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch import nn
 
 from pyro_adv.distributions.implicit import unwrap
-from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.adversarial import (
+    AdversarialObjective,
+    check_discriminator_spec,
+    check_positive_int,
+)
 from pyro_adv.infer.divergences import get_divergence
+from pyro_adv.infer.two_sample import TwoSampleGame
 from pyro_adv.infer.util import depends_on_parameters, pad_batch, plate_frames
 from pyro_adv.nn.discriminators import Discriminator
 
@@ -25,7 +30,7 @@ _REPARAM_HINT = (
 )
 
 
-class Trace_GAN(AdversarialObjective):
+class Trace_GAN(TwoSampleGame, AdversarialObjective):
     r"""
     Fits a Pyro model that *simulates* its observations to data by adversarial
     training: a generative adversarial network (Goodfellow et al. 2014) with any
@@ -154,15 +159,10 @@ class Trace_GAN(AdversarialObjective):
         discriminator_optim=None,
         discriminator_prefix="discriminator",
     ):
-        if int(num_particles) != num_particles or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles}")
+        num_particles = check_positive_int(num_particles, "num_particles", "Trace_GAN")
         if condition is not None and not callable(condition):
             raise TypeError(f"condition must be callable, got {condition!r}")
-        if not (discriminator is None or callable(discriminator)):
-            raise TypeError(
-                "discriminator must be None, an nn.Module or a factory key -> nn.Module, "
-                f"got {discriminator!r}"
-            )
+        check_discriminator_spec(discriminator, "Trace_GAN")
         super().__init__(
             num_particles=int(num_particles),
             max_plate_nesting=max_plate_nesting,

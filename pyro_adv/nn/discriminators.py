@@ -38,6 +38,9 @@ class PairDiscriminator(Discriminator):
     """
 
     def forward(self, x, z):
+        if x.dtype != z.dtype:
+            # float64 or integer observations beside float32 latents
+            x = x.to(z.dtype if z.is_floating_point() else torch.get_default_dtype())
         shape = torch.broadcast_shapes(x.shape[:-1], z.shape[:-1])
         pair = torch.cat([x.expand(shape + x.shape[-1:]), z.expand(shape + z.shape[-1:])], -1)
         return super().forward(pair)

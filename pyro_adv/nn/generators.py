@@ -27,6 +27,10 @@ class MLPGenerator(MLP):
     """
 
     def __init__(self, noise_dim, output_dim, hidden_dims=(64, 64), activation="elu"):
+        if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
+            raise ValueError(
+                f"MLPGenerator: noise_dim must be a positive integer, got {noise_dim!r}"
+            )
         super().__init__(noise_dim, output_dim, hidden_dims, activation)
         self.noise_dim = noise_dim
 
@@ -91,6 +95,14 @@ class ImplicitEncoder(nn.Module):
         self.input_dim = input_dim
         self.latent_dim = latent_dim
         self.noise_dim = latent_dim + 1 if noise_dim is None else noise_dim
+        if (
+            isinstance(self.noise_dim, bool)
+            or not isinstance(self.noise_dim, int)
+            or self.noise_dim < 1
+        ):
+            raise ValueError(
+                f"ImplicitEncoder: noise_dim must be a positive integer, got {noise_dim!r}"
+            )
         self.context_transform = context_transform
         self.net = MLP(input_dim + self.noise_dim, latent_dim, hidden_dims, activation)
 
@@ -117,6 +129,10 @@ class ImplicitEncoder(nn.Module):
                 f"(shape {tuple(context.shape)}), expected input_dim={self.input_dim}; "
                 "for scalar data use x.unsqueeze(-1)"
             )
+        dtype = next(self.net.parameters()).dtype
+        if context.dtype != dtype:
+            # integer counts or float64 data: the network's dtype, not a matmul error
+            context = context.to(dtype)
         batch_shape = context.shape[:-1]
         noise = dist.Normal(context.new_zeros(batch_shape + (self.noise_dim,)), 1.0).to_event(1)
         return ImplicitDistribution(

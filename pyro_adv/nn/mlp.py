@@ -32,6 +32,10 @@ def get_activation(activation):
     raise TypeError(f"activation must be a name or an nn.Module class, got {activation!r}")
 
 
+def _positive_int(value):
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
 class MLP(nn.Module):
     """
     A feed-forward network ``in -> hidden... -> out``.
@@ -61,8 +65,16 @@ class MLP(nn.Module):
         output_scale=1.0,
     ):
         super().__init__()
-        if output_dim < 1:
-            raise ValueError(f"MLP: output_dim must be positive, got {output_dim}")
+        if not _positive_int(output_dim):
+            raise ValueError(f"MLP: output_dim must be a positive integer, got {output_dim!r}")
+        if input_dim is not None and not _positive_int(input_dim):
+            raise ValueError(
+                f"MLP: input_dim must be a positive integer (or None), got {input_dim!r}"
+            )
+        if not all(_positive_int(h) for h in hidden_dims):
+            raise ValueError(
+                f"MLP: hidden_dims must be positive integers, got {tuple(hidden_dims)!r}"
+            )
         self.input_dim = input_dim
         self.output_dim = output_dim
         self.hidden_dims = tuple(hidden_dims)
@@ -97,6 +109,14 @@ class MLP(nn.Module):
     def initialize(self, x):
         """Builds the layers (if lazy) and fixes the input standardization from ``x``."""
         x = x.detach()
+        if not torch.isfinite(x).all():
+            # the standardization would be NaN forever
+            raise ValueError(
+                f"{type(self).__name__}: the inputs that fix the input size and "
+                "standardization contain NaN or inf values"
+            )
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
         if self.net is None:
             self._build(x.shape[-1], x.device, x.dtype)
         elif x.shape[-1] != self.input_dim:
@@ -119,6 +139,10 @@ class MLP(nn.Module):
                 f"{type(self).__name__}: expected inputs with {self.input_dim} features, "
                 f"got shape {tuple(x.shape)}"
             )
+        dtype = self.net[0].weight.dtype
+        if x.dtype != dtype:
+            # integer or float64 data meeting a float32 network: cast, not a matmul error
+            x = x.to(dtype)
         if self.standardize_input:
             x = (x - self.input_loc) / self.input_scale
         return self.net(x)

@@ -137,12 +137,14 @@ def test_implicit_guide_with_avb_objective():
     assert {"lp", "log_q", "log_weight"} <= set(stats.data_vars)
     log_w = np.asarray(stats["log_weight"]).reshape(-1)
     assert np.isfinite(log_w).all()
-    # the discriminator-based weights are those of the exported draws: lp - log_q
-    np.testing.assert_allclose(
-        np.asarray(stats["lp"]) - np.asarray(stats["log_q"]),
-        np.asarray(stats["log_weight"]),
-        atol=1e-2,  # float32 differences of terms of size ~60
-    )
+    # lp is the model's log joint at each exported draw, computed here by Pyro alone
+    # (lp - log_q == log_weight holds by construction and checks nothing)
+    z_draws = np.asarray(_group(idata, "posterior")["z"]).reshape(-1, 2)
+    lp = np.asarray(stats["lp"]).reshape(-1)
+    for i in range(0, 1000, 97):
+        conditioned = pyro.poutine.condition(cg.model, data={"z": torch.tensor(z_draws[i])})
+        expected = pyro.poutine.trace(conditioned).get_trace(x).log_prob_sum().item()
+        assert lp[i] == pytest.approx(expected, rel=1e-5, abs=1e-3)
     assert importance_diagnostics(log_w).khat < 0.7
     z = np.asarray(_group(idata, "posterior")["z"]).reshape(-1, 2)
     mean, cov = cg.posterior(x)

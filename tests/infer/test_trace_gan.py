@@ -77,6 +77,7 @@ def test_step_returns_float_and_keeps_stats():
         "discriminator_accuracy_real",
         "discriminator_accuracy_fake",
         "divergence",
+        "discriminator_max_abs_logit",  # for fit's saturation check
     }
     assert loss.stats["loss"] == value == loss.stats["divergence"]
     names = list(pyro.get_param_store().keys())
@@ -84,7 +85,8 @@ def test_step_returns_float_and_keeps_stats():
     assert any(n.startswith("generator$$$") for n in names)
     # evaluation without gradients, and the Wasserstein penalty under no_grad
     assert isinstance(svi.evaluate_loss(sample_bivariate_normal(64)), float)
-    wloss = Trace_GAN("wasserstein", discriminator_steps=3)
+    # a second objective in the same param store needs its own discriminator names
+    wloss = Trace_GAN("wasserstein", discriminator_steps=3, discriminator_prefix="critic")
     svi = SVI(gan, no_guide, Adam({"lr": 1e-3}), loss=wloss)
     assert isinstance(svi.step(sample_bivariate_normal(64)), float)
     assert isinstance(svi.evaluate_loss(sample_bivariate_normal(64)), float)
@@ -234,6 +236,7 @@ def test_masked_elements_are_dropped_and_particles_add_fakes():
 
     real, fake = recorded_step(model, Trace_GAN("js", discriminator=Recorder()), torch.randn(12, 2))
     assert real.shape == fake.shape == (8, 2)
+    pyro.clear_param_store()  # a second objective: its own discriminator
     loss = Trace_GAN("js", discriminator=Recorder(), num_particles=3)
     real, fake = recorded_step(model, loss, torch.randn(12, 2))
     assert real.shape == (8, 2) and fake.shape == (24, 2)
