@@ -102,10 +102,11 @@ def _scalar(value):
 
 
 def _logits_saturate(objective):
-    # only critics whose output is a logit (a log density ratio) saturate a sigmoid;
-    # a Wasserstein critic's scale is the data's
+    # only losses that pass the logit through a sigmoid (minimax, non-saturating, JS)
+    # saturate; f-GAN critics such as ALI's reverse KL reach large logits while learning,
+    # and a Wasserstein critic's scale is the data's
     divergence = getattr(objective, "divergence", None)
-    return bool(getattr(divergence, "identifies_ratio", False))
+    return bool(getattr(divergence, "sigmoid_logits", False))
 
 
 def _check_writable(path):

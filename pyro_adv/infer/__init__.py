@@ -4,6 +4,7 @@ from pyro_adv.infer import divergences
 from pyro_adv.infer.adversarial import (
     AdversarialObjective,
     NonFiniteLossError,
+    ObjectiveMismatchWarning,
     ObjectiveRebuiltWarning,
     ZeroGradientWarning,
     is_discriminator_param,
@@ -20,6 +21,7 @@ __all__ = [
     "simulate",
     "AdversarialObjective",
     "NonFiniteLossError",
+    "ObjectiveMismatchWarning",
     "ObjectiveRebuiltWarning",
     "ZeroGradientWarning",
     "divergences",

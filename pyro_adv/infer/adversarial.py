@@ -26,6 +26,7 @@ from torch.func import functional_call
 __all__ = [
     "AdversarialObjective",
     "NonFiniteLossError",
+    "ObjectiveMismatchWarning",
     "ObjectiveRebuiltWarning",
     "ZeroGradientWarning",
     "check_discriminator_spec",
@@ -41,8 +42,12 @@ class NonFiniteLossError(FloatingPointError):
     """A player's loss became NaN or infinite during adversarial training."""
 
 
-class ObjectiveRebuiltWarning(UserWarning):
-    """An objective was reused on a different model, guide or set of sites and rebuilt."""
+class ObjectiveMismatchWarning(UserWarning):
+    """An objective is used on a different model, guide or set of sites than before."""
+
+
+class ObjectiveRebuiltWarning(ObjectiveMismatchWarning):
+    """An objective was trained on a different model, guide or set of sites and rebuilt."""
 
 
 class ZeroGradientWarning(UserWarning):
@@ -261,6 +266,7 @@ class AdversarialObjective(ELBO):
         self._zero_grad_warned = set()
         self._logit_max = None
         self._hooks = []
+        self._evaluating = False
 
     # ------------------------------------------------------------------ players
     def discriminator(self, key, example, factory):
@@ -521,6 +527,7 @@ class AdversarialObjective(ELBO):
 
     def _prepare(self, model, guide, args, kwargs):
         self._call = (model, guide, args, kwargs)
+        training = not self._evaluating
         key = (_identity(model), _identity(guide), _arg_key(args, kwargs))
         problem = self._problem
         if problem is not None:
@@ -532,7 +539,7 @@ class AdversarialObjective(ELBO):
                 reason = "cleared"
             elif key[0] != problem["model"] or key[1] != problem["guide"]:
                 reason = "a different model or guide"
-            elif key[2] != problem["args"]:
+            elif key[2] != problem["args"] and training:
                 # new argument shapes: compare what the sites look like (cheap keys first,
                 # so the usual step with the same data traces nothing)
                 signature = self._problem_signature(model, guide, args, kwargs)
@@ -541,6 +548,17 @@ class AdversarialObjective(ELBO):
                     reason = "different sample sites (names, event shapes or dtypes)"
                 problem["args"], problem["signature"] = key[2], signature
                 problem["traced"] = True
+            if reason is not None and reason != "cleared" and not training:
+                # an evaluation (loss, importance weights) of another guide with the
+                # trained discriminators is deliberate in diagnostics: keep them
+                warnings.warn(
+                    f"{type(self).__name__} is evaluated on {reason} than it was trained "
+                    "on; its discriminators are those of the training problem (nothing is "
+                    "rebuilt for an evaluation).",
+                    ObjectiveMismatchWarning,
+                    stacklevel=4,
+                )
+                reason = None
             if reason is not None:
                 if reason != "cleared":
                     warnings.warn(
@@ -561,6 +579,14 @@ class AdversarialObjective(ELBO):
                 "traced": False,
             }
             self._setup(model, guide, args, kwargs)
+
+    def _prepare_evaluation(self, model, guide, args, kwargs):
+        # subclasses extend _prepare with the usual signature: say "evaluation" aside
+        self._evaluating = True
+        try:
+            self._prepare(model, guide, args, kwargs)
+        finally:
+            self._evaluating = False
 
     def _setup(self, model, guide, args, kwargs):
         """First-call set-up (again after a rebuild): the plate-nesting guess."""
@@ -696,7 +722,7 @@ class AdversarialObjective(ELBO):
         A run trained with one particle had no particle plate, so the bound on
         plate nesting gets room for one.
         """
-        self._prepare(model, guide, args, kwargs)
+        self._prepare_evaluation(model, guide, args, kwargs)
         saved = self.num_particles, self.max_plate_nesting
         if num_particles is not None:
             num_particles = check_positive_int(num_particles, "num_samples", type(self).__name__)
@@ -717,7 +743,7 @@ class AdversarialObjective(ELBO):
             computing gradients or updating anything.
         :rtype: float
         """
-        self._prepare(model, guide, args, kwargs)
+        self._prepare_evaluation(model, guide, args, kwargs)
         with torch.no_grad(), self._explaining(model, guide, args, kwargs):
             reported, _, _, stats = self._losses(model, guide, args, kwargs)
         self.stats = stats

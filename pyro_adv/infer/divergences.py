@@ -64,6 +64,8 @@ class Divergence:
     identifies_ratio = True
     #: whether :meth:`penalty` regularizes the critic (its value is then reported)
     has_penalty = False
+    #: whether the losses pass the logit through a sigmoid, which saturates
+    sigmoid_logits = False
 
     # --- the two functions that define an f-divergence, written in the logit v ---
     def activation(self, v):
@@ -213,6 +215,7 @@ class JensenShannon(Divergence):
     """
 
     name = "js"
+    sigmoid_logits = True
 
     def activation(self, v):
         return _LOG2 - F.softplus(-v)
@@ -237,6 +240,7 @@ class Minimax(Divergence):
     """
 
     name = "minimax"
+    sigmoid_logits = True
 
     def activation(self, v):
         return -F.softplus(-v)
