@@ -299,7 +299,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             ladj = ladj + particle_sum(site_ladj, nesting, 0)
         if group.joint is not None:
             return _per_particle(parts), ladj
-        return _cat_features(parts, nesting), ladj
+        return _join(*parts), ladj
 
     def _upstream_value(self, group, upstream, guide_trace, model_trace):
         """The upstream latents' unconstrained values laid out like the group's value."""
@@ -314,7 +314,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             parts.append(flat_features(u, u_event_dim, nesting))
         if group.joint is not None:
             return _per_particle(parts)
-        return _cat_features(parts, nesting)
+        return _join(*parts)
 
     # ------------------------------------------------------------ the two games
     def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
@@ -373,7 +373,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             def expand(c, v):
                 return c.expand(torch.broadcast_shapes(c.shape[:-1], v.shape[:-1]) + c.shape[-1:])
 
-            example = _example_input((expand(real_ctx, real), real))
+            example = _join(real_ctx, real)
             disc = self.discriminator(group.key, example, make)
             real_logits = disc(expand(real_ctx, real), real.detach())
             fake_logits = disc(expand(real_ctx, fake), fake)
@@ -431,30 +431,13 @@ def _per_particle(parts):
     return torch.cat([p.expand((rows,) + p.shape[1:]).reshape(rows, -1) for p in parts], -1)
 
 
-def _join(context, up):
-    if context is None:
-        return up
-    if up is None:
-        return context
-    shape = torch.broadcast_shapes(context.shape[:-1], up.shape[:-1])
-    return torch.cat(
-        [context.expand(shape + context.shape[-1:]), up.expand(shape + up.shape[-1:])], -1
-    )
-
-
-def _cat_features(parts, nesting):
-    shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))
-    return torch.cat([p.expand(shape + p.shape[nesting:]) for p in parts], -1)
-
-
-def _example_input(example):
-    if len(example) == 1:
-        return example[0]
-    context, z = example
-    shape = torch.broadcast_shapes(context.shape[:-1], z.shape[:-1])
-    return torch.cat(
-        [context.expand(shape + context.shape[-1:]), z.expand(shape + z.shape[-1:])], -1
-    )
+def _join(*parts):
+    """The parts that are not ``None``, batch dims broadcast, joined on the feature dim."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], -1)
 
 
 def _mean(x):
