@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_WHEEL ?= $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl)
 
-.PHONY: install test docs demo lint format bench bench-quick clean
+.PHONY: install test test-fast docs demo lint format bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# two workers, one per core (the tests use one torch thread each); the slow accuracy fits
+# are scheduled first (tests/conftest.py) so none of them runs alone at the end
 test: $(VENV)/.installed
-	MPLBACKEND=Agg $(PY) -m pytest -q tests
+	MPLBACKEND=Agg $(PY) -m pytest -q -n 2 tests
 	$(MAKE) docs
+
+# everything but the accuracy fits marked `slow`: a quick check while editing
+test-fast: $(VENV)/.installed
+	MPLBACKEND=Agg $(PY) -m pytest -q -n 2 -m "not slow" tests
 
 # the site into docs/_build/html; the tutorials run the examples in their quick mode
 docs: $(VENV)/.installed

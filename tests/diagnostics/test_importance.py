@@ -179,6 +179,7 @@ def local_exact_guide(widen):
     return guide
 
 
+@pytest.mark.slow
 def test_khat_from_ali_discriminator_good_vs_shrunk():
     # The guides are fixed (no parameters): only ALI's discriminator learns, here the
     # log ratio log p(x, z) / (p_D(x) q(z | x)) for the guide it is shown. For the exact

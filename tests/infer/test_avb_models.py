@@ -32,6 +32,7 @@ def regression(x, y):
         pyro.sample("y", dist.Normal(x @ w, 0.5), obs=y)
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_broadcast_runs_one_particle_at_a_time():
     guide = AutoImplicit(regression)
     objective = TraceAVB_ELBO()

@@ -20,6 +20,7 @@ from pyro_adv.nn import ImplicitEncoder, PairDiscriminator
 
 
 # ----------------------------------------------------------------------------- accuracy
+@pytest.mark.slow
 def test_exponential_posterior_at_x1_and_x30():
     # thesis 4.2.1: one amortized posterior, trained from a fixed bank of simulations
     fitted = fit_exponential_ali()
@@ -27,6 +28,7 @@ def test_exponential_posterior_at_x1_and_x30():
     assert not failures("exponential_ali", errors), errors
 
 
+@pytest.mark.slow
 def test_conjugate_gaussian_implicit_simulator_amortized():
     # x = A z + sigma eps is only simulated (an ImplicitDistribution). The posterior is
     # amortized over data sets of 2 observations from the prior predictive: the data sets

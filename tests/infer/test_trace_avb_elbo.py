@@ -165,6 +165,7 @@ def test_nan_names_the_player():
         SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceAVB_ELBO()).step(x)
 
 
+@pytest.mark.slow
 def test_exponential_posterior_amortized_encoder():
     """Thesis 4.2.1, amortized over observations from 0.25 to 40, queried at x = 1 and 30."""
     fitted = fit_exponential_avb()

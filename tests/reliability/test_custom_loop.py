@@ -60,6 +60,7 @@ def by_custom_loop():
     return draws(guide)
 
 
+@pytest.mark.slow
 def test_custom_loop_trains_like_svi():
     custom = by_custom_loop()
     pyro.clear_param_store()
