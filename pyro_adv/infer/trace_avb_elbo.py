@@ -157,14 +157,15 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             discriminator_prefix=discriminator_prefix,
         )
         self.adaptive_contrast = adaptive_contrast
-        self.moment_particles = int(moment_particles)
-        self.discriminator_particles = int(discriminator_particles)
+        self.moment_particles = moment_particles
+        self.discriminator_particles = discriminator_particles
         self.discriminator_hidden_dims = tuple(discriminator_hidden_dims)
         self.discriminator_activation = discriminator_activation
         self.discriminator_factory = discriminator
         self.divergence = Minimax()  # logistic regression: the logit estimates log q / r
         if self.num_particles == 1 and self.max_plate_nesting != float("inf"):
             self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
+        self.validate_options()
 
     def _make_discriminator(self, key, paired):
         if self.discriminator_factory is not None:

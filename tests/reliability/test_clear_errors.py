@@ -10,6 +10,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro_adv.distributions import ImplicitDensityError, ImplicitDistribution
 from pyro_adv.infer import Trace_ALI, Trace_GAN, TraceAVB_ELBO
 from pyro_adv.infer.adversarial import check_positive_int
+from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.nn import MLP, ImplicitEncoder, MLPGenerator
 from pyro_adv.training import fit
 
@@ -88,9 +89,10 @@ def test_discriminator_particles_and_discriminator_spec_of_avb():
         (dict(discriminator=3), "discriminator must be None, an nn.Module or a factory"),
     ]:
         options = dict(SMALL, **bad)
-        objective = TraceAVB_ELBO(**options)
-        # old code: IndexError / "'int' object is not callable" deep in a step
+        # old code: IndexError / "'int' object is not callable" deep in a step; now the
+        # constructor refuses the option
         with pytest.raises((ValueError, TypeError), match=match):
+            objective = TraceAVB_ELBO(**options)
             SVI(local, svi.guide, pyro.optim.Adam({"lr": 1e-3}), loss=objective).step(
                 torch.randn(8)
             )
@@ -103,6 +105,10 @@ def test_discriminator_particles_and_discriminator_spec_of_avb():
         (lambda: MLPGenerator(0, 2), "noise_dim must be a positive integer"),
         (lambda: ImplicitEncoder(1, 2, noise_dim=0), "noise_dim must be a positive integer"),
         (lambda: MLP(0, 2), "input_dim must be a positive integer"),
+        # before: "input_dim must be a positive integer", naming an argument the user never gave
+        (lambda: AutoImplicit(local, noise_dim=0), "AutoImplicit: noise_dim"),
+        # before: truncated to 2 particles in silence
+        (lambda: TraceAVB_ELBO(moment_particles=2.5), "moment_particles"),
     ],
 )
 def test_network_sizes(build, match):
@@ -160,3 +166,24 @@ def test_event_shape_inferred_from_a_generator_over_a_batch_of_parameters():
     # an output that does not start with the batch shape: the error says what to pass
     with pytest.raises(ValueError, match="pass event_shape="):
         ImplicitDistribution(lambda eps: eps.sum(-2), base)
+
+
+def test_autoimplicit_quantiles_are_sample_quantiles():
+    """Pyro's AutoContinuous.quantiles raised a bare NotImplementedError on AutoImplicit;
+    now they are the guide's sample quantiles."""
+
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    guide = AutoImplicit(model, noise_dim=2, hidden_dims=(8,))
+    data = torch.randn(4)
+    guide(data)
+    q = guide.quantiles([0.1, 0.5, 0.9], data, num_samples=400)
+    draws = torch.stack([guide(data)["loc"] for _ in range(400)])
+    assert q["loc"].shape == (3,) + draws.shape[1:]
+    assert (q["loc"][0] < q["loc"][1]).all() and (q["loc"][1] < q["loc"][2]).all()
+    assert abs(float(q["loc"][1] - draws.median())) < 0.3 * float(draws.std())
+    with pytest.raises(ValueError, match="probabilities in"):
+        guide.quantiles([1.5], data)

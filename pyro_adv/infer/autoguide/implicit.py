@@ -63,6 +63,12 @@ class AutoImplicit(AutoContinuous):
     ):
         if init_scale <= 0:
             raise ValueError(f"AutoImplicit: init_scale must be positive, got {init_scale}")
+        if noise_dim is not None and (
+            isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1
+        ):
+            raise ValueError(
+                f"AutoImplicit: noise_dim must be a positive integer or None, got {noise_dim!r}"
+            )
         self.noise_dim = noise_dim
         self.hidden_dims = tuple(hidden_dims)
         self.activation = activation
@@ -137,6 +143,33 @@ class AutoImplicit(AutoContinuous):
         """An implicit posterior has no closed-form median: the sample median of 1000 draws."""
         draws = [self(*args, **kwargs) for _ in range(1000)]
         return {k: torch.stack([d[k] for d in draws]).median(0).values for k in draws[0]}
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args, num_samples=1000, **kwargs):
+        """
+        Sample quantiles of each latent from ``num_samples`` guide draws (an implicit
+        posterior has no quantile function), shaped as :meth:`AutoNormal.quantiles`'
+        results: the quantile dimension first.
+
+        :param list quantiles: probabilities in ``[0, 1]``, e.g. ``[0.05, 0.5, 0.95]``.
+        :param int num_samples: guide draws the quantiles are taken from.
+        """
+        q = torch.as_tensor(quantiles, dtype=torch.get_default_dtype())
+        if q.dim() != 1 or bool((q < 0).any() | (q > 1).any()):
+            raise ValueError(
+                f"AutoImplicit.quantiles: quantiles must be a list of probabilities in [0, 1], "
+                f"got {quantiles!r}"
+            )
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+            raise ValueError(
+                f"AutoImplicit.quantiles: num_samples must be an integer >= 2, got {num_samples!r}"
+            )
+        draws = [self(*args, **kwargs) for _ in range(num_samples)]
+        result = {}
+        for name in draws[0]:
+            stacked = torch.stack([d[name] for d in draws])
+            result[name] = torch.quantile(stacked, q.to(stacked), dim=0)
+        return result
 
 
 class _enter_plates:
