@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 
 # two workers, one per core (the tests use one torch thread each); the slow accuracy fits
 # are scheduled first (tests/conftest.py) so none of them runs alone at the end
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	MPLBACKEND=Agg $(PY) -m pytest -q -n 2 tests
 	$(MAKE) docs
 
