@@ -48,8 +48,25 @@ def test_bivariate_normal_nonsaturating():
 
 
 def test_bivariate_normal_wasserstein_gp():
-    fitted = assert_bivariate_fit("wasserstein")
-    assert fitted.objective.stats["gradient_penalty"] >= 0.0
+    assert_bivariate_fit("wasserstein")
+
+
+def test_gradient_penalty_of_a_linear_critic_is_exact():
+    """For a linear critic T(x) = w.x the step's penalty is lambda (|w| - 1)^2 exactly
+    (two-sided); breaks if the penalty is taken on the wrong inputs or weighted wrongly."""
+    from pyro_adv.infer.divergences import Wasserstein
+
+    critic = nn.Linear(2, 1)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[0.6, -1.7]]))
+    gan = Trace_GAN(
+        divergence=Wasserstein(gradient_penalty=3.0, one_sided=False),
+        discriminator=nn.Sequential(critic, nn.Flatten(-2)),
+    )
+    data = sample_bivariate_normal(64)
+    SVI(bivariate_normal_gan(), lambda *a, **k: None, Adam({"lr": 1e-3}), gan).step(data)
+    norm = torch.tensor([0.6, -1.7]).norm().item()  # the weights the step saw
+    assert gan.stats["gradient_penalty"] == pytest.approx(3.0 * (norm - 1) ** 2, rel=1e-5)
 
 
 # ---------------------------------------------------------- thesis 3.3.2.1
