@@ -15,6 +15,7 @@ into ``outdir`` (the Markdown links them by file name).
 import argparse
 import datetime
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ TABLES = {
     "robustness": ("Table 5: robustness over seeds", "robustness"),
     "zoo": ("Table 6: the model zoo, every method against reference posteriors", "zoo"),
     "importance": ("Table 7: importance diagnostics from AVB's discriminator", "importance"),
+    "distributed": ("Table 8: data-parallel scaling, 1 and 2 ranks", "distributed"),
 }
 
 
@@ -100,12 +102,19 @@ def main(args):
     command = f"python -m benchmarks --suite {args.suite} --tables {name_list(names)}"
     if args.seed:
         command += f" --seed {args.seed}"
+    if args.device != "cpu":
+        command += f" --device {args.device}"
     for name in names:
         title, module_name = TABLES[name]
         module = importlib.import_module(f"benchmarks.{module_name}")
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
-        rows, markdown = module.run(quick=quick, seed=args.seed, outdir=args.outdir)
+        options = {}
+        if "device" in inspect.signature(module.run).parameters:
+            options["device"] = args.device
+        elif args.device != "cpu":
+            print(f"{name}: runs on the CPU only (no device option)", flush=True)
+        rows, markdown = module.run(quick=quick, seed=args.seed, outdir=args.outdir, **options)
         entry = {
             "title": title,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -136,6 +145,9 @@ def parse_args(argv=None):
     parser.add_argument("--tables", default="all", help="comma-separated: " + ", ".join(TABLES))
     parser.add_argument("--outdir", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the tables that take one (cpu, cuda)"
+    )
     return parser.parse_args(argv)
 
 

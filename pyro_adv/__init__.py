@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 #: the subpackages and modules, imported on first attribute access
 _SUBMODULES = (
     "diagnostics",
+    "distributed",
     "distributions",
     "infer",
     "models",

@@ -656,8 +656,14 @@ class AdversarialObjective(ELBO):
         """
         if self.discriminator_optim is not None or self.discriminator_steps == 1:
             return self.discriminator_optim
+        from pyro_adv.distributed import DistributedOptimizer
+
         optim = getattr(svi_or_optim, "optim", svi_or_optim)
-        if type(optim) is pyro.optim.PyroOptim:
+        if isinstance(optim, DistributedOptimizer) and type(optim.optim) is pyro.optim.PyroOptim:
+            # data-parallel: the discriminators' extra updates must average over ranks too
+            self.discriminator_optim = optim.copy()
+            self.discriminator_optim_source = "svi"
+        elif type(optim) is pyro.optim.PyroOptim:
             self.discriminator_optim = pyro.optim.PyroOptim(
                 optim.pt_optim_constructor, optim.pt_optim_args, optim.pt_clip_args
             )
@@ -687,6 +693,7 @@ class AdversarialObjective(ELBO):
             return
         if self.discriminator_optim is None:
             self._default_discriminator_optim("the SVI optimizer was never shown to it")
+        optim = self._distributed_discriminator_optim()
         for _ in range(self.discriminator_steps - 1):
             with pyro.poutine.trace(param_only=True) as capture:
                 _, _, d_loss, _ = self._losses(model, guide, args, kwargs)
@@ -702,10 +709,27 @@ class AdversarialObjective(ELBO):
                 if not is_discriminator_param(name, self.discriminator_prefix)
             }
             d_loss.backward()
-            self.discriminator_optim(params)
+            optim(params)
             pyro.infer.util.zero_grads(params | others)
             for module in self.discriminators.values():
                 self.divergence_after_update(module)
+
+    def _distributed_discriminator_optim(self):
+        """
+        The optimizer of the extra discriminator updates; under data-parallel
+        training (a process group of several ranks) one that averages the
+        discriminators' gradients over the ranks, whatever optimizer was given: an
+        un-averaged discriminator would drift apart on every rank.
+        """
+        from pyro_adv.distributed import DistributedOptimizer, is_distributed
+
+        optim = self.discriminator_optim
+        if not is_distributed() or isinstance(optim, DistributedOptimizer):
+            return optim
+        wrapped = getattr(self, "_distributed_optim", None)
+        if wrapped is None or wrapped.optim is not optim:
+            wrapped = self._distributed_optim = DistributedOptimizer(optim)
+        return wrapped
 
     def divergence_after_update(self, module):
         """Hook for divergences that constrain the discriminator (weight clipping)."""
