@@ -15,8 +15,9 @@ torch.set_num_threads(1)
 def pytest_addoption(parser):
     parser.addoption(
         "--device",
-        default="cpu",
-        help="torch device for tests that take the `device` fixture (default: cpu)",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device for tests that take the `device` fixture (default: cuda where "
+        "present, else cpu)",
     )
     parser.addoption(
         "--docs-steps",
@@ -36,7 +37,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def device(request):
     """The torch.device given by ``--device`` (``cpu`` unless asked otherwise)."""
-    return torch.device(request.config.getoption("--device"))
+    device = torch.device(request.config.getoption("--device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("--device cuda was given, but torch sees no CUDA device")
+    return device
 
 
 @pytest.fixture(autouse=True)

@@ -129,9 +129,9 @@ def per_draw_log_prob(trace, num_draws, max_plate_nesting, sites=None):
         if isinstance(e.__cause__, ImplicitDensityError) or "is implicit" in str(e):
             return None
         raise
-    total = torch.zeros(num_draws)
+    total = None  # made from the first site's, on its device and dtype
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and site_filter(name, site):
             lp = _sum_over_draw(site["log_prob"].detach(), -max_plate_nesting - 1, num_draws)
-            total = total.to(lp) + lp
-    return total
+            total = lp if total is None else total + lp
+    return torch.zeros(num_draws) if total is None else total

@@ -107,8 +107,8 @@ class Divergence:
     def accuracy(self, real_logits, fake_logits):
         """Fraction of real (fake) inputs the discriminator classifies correctly."""
         return (
-            (real_logits > 0).float().mean().item(),
-            (fake_logits < 0).float().mean().item(),
+            (real_logits > 0).to(real_logits.dtype).mean().item(),
+            (fake_logits < 0).to(fake_logits.dtype).mean().item(),
         )
 
     def after_update(self, discriminator):
@@ -350,8 +350,8 @@ class Wasserstein(Divergence):
         # a critic's scores have no fixed threshold: classify around the midpoint
         mid = 0.5 * (real_logits.mean() + fake_logits.mean())
         return (
-            (real_logits > mid).float().mean().item(),
-            (fake_logits < mid).float().mean().item(),
+            (real_logits > mid).to(real_logits.dtype).mean().item(),
+            (fake_logits < mid).to(fake_logits.dtype).mean().item(),
         )
 
     def penalty(self, critic, real_inputs, fake_inputs):

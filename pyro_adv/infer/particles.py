@@ -81,7 +81,7 @@ class ParticleTraces:
                     ).get_trace(*args, **kwargs)
                     # a model can also broadcast wrongly without failing: a site whose
                     # batch shape outgrows the plates (Pyro's own shape check finds it)
-                    model_trace.compute_log_prob()
+                    model_trace.compute_log_prob(_not_subsample)
                     for site in model_trace.nodes.values():
                         if site["type"] == "sample" and not site_is_subsample(site):
                             check_site_shape(site, self.max_plate_nesting)
@@ -114,7 +114,7 @@ class ParticleTraces:
                 g = poutine.trace(guide).get_trace(*args, **kwargs)
                 m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
                 _score_explicit(g)
-                m.compute_log_prob()
+                m.compute_log_prob(_not_subsample)
                 if not guide_traces:
                     self._validate(m, g, nesting - 1)
                 guide_traces.append(g)
@@ -142,7 +142,7 @@ class ParticleTraces:
             trace = poutine.trace(
                 poutine.replay(self._vectorized_num_particles(model), trace=keep)
             ).get_trace(*args, **kwargs)
-            trace.compute_log_prob()
+            trace.compute_log_prob(_not_subsample)
             if not resample:
                 self._validate(trace, guide_trace, nesting)
             return trace
@@ -157,7 +157,7 @@ class ParticleTraces:
                     )
                 one.add_node(name, **site)
             trace = poutine.trace(poutine.replay(model, trace=one)).get_trace(*args, **kwargs)
-            trace.compute_log_prob()
+            trace.compute_log_prob(_not_subsample)
             if not resample and p == 0:
                 self._validate(trace, one, nesting - 1)
             traces.append(trace)
@@ -191,6 +191,11 @@ class ParticleTraces:
                 guide
             )
             return poutine.trace(draws).get_trace(*args, **kwargs)
+
+
+def _not_subsample(name, site):
+    # a subsample site scores a constant 0, which pyro makes on the CPU in float32
+    return not site_is_subsample(site)
 
 
 def _score_explicit(guide_trace):

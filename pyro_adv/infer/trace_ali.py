@@ -435,7 +435,9 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
                 )
             for frame in frames:
                 pos = 1 + batch_dims + frame.dim
-                idx = self._plate_indices(frame, value.shape[pos], subsample, plate_indices)
+                idx = self._plate_indices(
+                    frame, value.shape[pos], subsample, plate_indices, value.device
+                )
                 if idx is None:
                     continue
                 idx = idx.to(value.device)
@@ -461,7 +463,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             nodes[site_name] = dict(site, value=value)
         return _Nodes(nodes)
 
-    def _plate_indices(self, frame, bank_size, subsample, cache):
+    def _plate_indices(self, frame, bank_size, subsample, cache, device):
         """Indices into a bank plate for this step's elements, shared by all its sites."""
         if frame.name in cache:
             size, idx = cache[frame.name]
@@ -476,12 +478,12 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             idx = subsample[frame.name].reshape(1, -1)
             if particles > 1:
                 # the first particle pairs with the data minibatch; the others add new pairs
-                extra = torch.randint(bank_size, (particles - 1, idx.shape[-1]))
-                idx = torch.cat([idx, extra.to(idx.device)])
+                extra = torch.randint(bank_size, (particles - 1, idx.shape[-1]), device=idx.device)
+                idx = torch.cat([idx, extra])
         elif frame.size == bank_size:
             idx = None
         elif frame.size < bank_size:
-            idx = torch.randint(bank_size, (particles, frame.size))
+            idx = torch.randint(bank_size, (particles, frame.size), device=device)
         else:
             raise ValueError(
                 f"{type(self).__name__}: plate '{frame.name}' has {frame.size} elements in "

@@ -386,7 +386,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         low, high = seen.min(0, keepdim=True).values, seen.max(0, keepdim=True).values
         t_detached = t.detach()
         bounded = torch.maximum(torch.minimum(t_detached, high), low)
-        outside = (bounded != t_detached).float().mean().item()
+        outside = (bounded != t_detached).to(t_detached.dtype).mean().item()
         return _GroupTerms(t, bounded, d_loss, accs, outside)
 
     # ------------------------------------------------------------ diagnostics

@@ -53,6 +53,9 @@ class MLP(nn.Module):
     :param bool standardize_input: standardize inputs with first-batch statistics.
     :param float output_scale: multiplies the initial weights of the last layer;
         small values start the network near a constant output.
+    :param device: where an eagerly built network (``input_dim`` given) is created
+        (default: the CPU, as ``nn.Linear``).
+    :param dtype: its dtype (default: ``torch.get_default_dtype()``).
     """
 
     def __init__(
@@ -63,6 +66,9 @@ class MLP(nn.Module):
         activation="elu",
         standardize_input=False,
         output_scale=1.0,
+        *,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         if not _positive_int(output_dim):
@@ -85,7 +91,11 @@ class MLP(nn.Module):
         self.register_buffer("input_loc", None)
         self.register_buffer("input_scale", None)
         if input_dim is not None:
-            self._build(input_dim, torch.device("cpu"), torch.get_default_dtype())
+            self._build(
+                input_dim,
+                torch.device("cpu") if device is None else torch.device(device),
+                torch.get_default_dtype() if dtype is None else dtype,
+            )
 
     @property
     def is_built(self):

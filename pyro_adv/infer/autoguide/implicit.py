@@ -101,7 +101,9 @@ class AutoImplicit(AutoContinuous):
             self.hidden_dims,
             self.activation,
             output_scale=self._init_scale,
-        ).to(init)
+            device=init.device,
+            dtype=init.dtype,
+        )
         self.register_buffer("_noise_loc", init.new_zeros(self.noise_dim))
 
     def get_posterior(self, *args, **kwargs):
