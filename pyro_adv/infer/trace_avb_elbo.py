@@ -1,6 +1,8 @@
 r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2)."""
 
+import functools
 import math
+import operator
 from typing import NamedTuple
 
 import pyro.poutine as poutine
@@ -8,9 +10,11 @@ import torch
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.infer.contrast import conditional_gaussian
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.particles import ParticleTraces
+from pyro_adv.infer.stats import MeanOf, StepStats
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
@@ -188,17 +192,19 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         implicit = {n for g in groups.values() for n in g.names}
 
         # log p(x, z) per particle; plain AVB leaves the implicit sites' prior to T
-        log_p = 0.0
+        # (terms that are zero, such as the Jacobian of an identity bijection or a scale of 1,
+        # are left out rather than added: the same numbers, fewer tensor operations)
+        log_p = None
         for site_name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_name not in latents and not site["is_observed"]:
                 continue
             if site_name in implicit and not self.adaptive_contrast:
                 continue
             # Pyro's log_prob is already scaled (subsampling) and masked
-            log_p = log_p + particle_sum(site["log_prob"], nesting, 0)
+            log_p = _add(log_p, particle_sum(site["log_prob"], nesting, 0))
 
         # explicit guide sites are scored by their own density
-        log_q_explicit = 0.0
+        log_q_explicit = None
         for site_name in latents:
             site = guide_trace.nodes[site_name]
             if site_name in implicit:
@@ -208,22 +214,20 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
                     f"{name}: guide site '{site_name}' ({type(site['fn']).__name__}) is not "
                     "reparameterizable; AVB needs pathwise gradients through every guide site."
                 )
-            log_q_explicit = log_q_explicit + particle_sum(site["log_prob"], nesting, 0)
+            log_q_explicit = _add(log_q_explicit, particle_sum(site["log_prob"], nesting, 0))
 
         d_losses, acc_real, acc_fake, extrapolated = [], [], [], []
-        log_q_implicit = log_q_bounded = 0.0
-        reference_trace = None
+        log_q_implicit = log_q_bounded = None
+        references = {}
         for group in groups.values():
             upstream = upstream_sites(guide_trace, group, latents)
             u, ladj = self._group_value(group, guide_trace, model_trace)
             up = self._upstream_value(group, upstream, guide_trace, model_trace)
             context = context_features(model_trace, group, nesting, 0)
             if self.adaptive_contrast:
-                if reference_trace is None:
-                    num_draws = self.moment_particles + self.discriminator_particles
-                    reference_trace = self._guide_draws(guide, num_draws, args, kwargs, guide_trace)
-                ref_u, _ = self._group_value(group, reference_trace, model_trace)
-                ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
+                ref_u, ref_up = self._reference_values(
+                    group, upstream, guide, args, kwargs, guide_trace, model_trace, references
+                )
                 terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:
                 with torch.no_grad(), poutine.block():
@@ -234,16 +238,16 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
                 terms = self._plain_terms(group, u, up, context, prior_u)
             scale = guide_trace.nodes[group.names[0]]["scale"]
             for bounded, log_q in enumerate((terms.log_q, terms.log_q_bounded)):
-                if group.joint is None:
-                    log_q = particle_sum(log_q * scale, nesting, 0)
-                else:
+                if scale != 1.0:
                     log_q = log_q * scale
-                if self.adaptive_contrast:
+                if group.joint is None:
+                    log_q = particle_sum(log_q, nesting, 0)
+                if self.adaptive_contrast and ladj is not None:
                     log_q = log_q - ladj  # from log q_u to log q_z
                 if bounded:
-                    log_q_bounded = log_q_bounded + log_q.detach()
+                    log_q_bounded = _add(log_q_bounded, log_q.detach())
                 else:
-                    log_q_implicit = log_q_implicit + log_q
+                    log_q_implicit = _add(log_q_implicit, log_q)
             d_losses.append(terms.loss)
             acc_real.append(terms.accuracies[0])
             acc_fake.append(terms.accuracies[1])
@@ -252,32 +256,36 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         # log q for implicit groups: adaptive contrast gives log q_u = T + log r_u and the
         # model term above includes log p(z); plain AVB gives T = log q_u - log p_u and the
         # model term above omits log p(z) (the Jacobians cancel).
-        elbo_particles = log_p - log_q_explicit - log_q_implicit
+        elbo_particles = _sub(_sub(log_p, log_q_explicit), log_q_implicit)
         loss = -_mean(elbo_particles)
-        d_loss = sum(d_losses) if d_losses else loss.new_zeros(())
-        stats = {
-            "loss": loss.item(),
-            "generator_loss": loss.item(),
-            "discriminator_loss": d_loss.item(),
-            "discriminator_accuracy_real": sum(acc_real) / len(acc_real) if acc_real else None,
-            "discriminator_accuracy_fake": sum(acc_fake) / len(acc_fake) if acc_fake else None,
-        }
+        d_loss = functools.reduce(operator.add, d_losses) if d_losses else loss.new_zeros(())
+        # kept on the device until read (one read for all; see StepStats)
+        stats = StepStats(
+            {
+                "loss": loss.detach(),
+                "generator_loss": loss.detach(),
+                "discriminator_loss": d_loss.detach(),
+                "discriminator_accuracy_real": MeanOf(acc_real) if acc_real else None,
+                "discriminator_accuracy_fake": MeanOf(acc_fake) if acc_fake else None,
+            }
+        )
         if groups and self.adaptive_contrast:
             # KL(q || prior) of the implicit sites: E_q[log q - log p(z)]
-            log_prior = 0.0
-            for site_name in implicit:
-                site = model_trace.nodes[site_name]
-                log_prior = log_prior + particle_sum(site["log_prob"], nesting, 0)
-            stats["kl"] = _mean(log_q_implicit - log_prior).item()
+            log_prior = None
+            for site_name in latents:  # in site order: the same sum in every process
+                if site_name in implicit:
+                    site = model_trace.nodes[site_name]
+                    log_prior = _add(log_prior, particle_sum(site["log_prob"], nesting, 0))
+            stats["kl"] = _mean(_sub(log_q_implicit, log_prior)).detach()
         elif groups:
-            stats["kl"] = _mean(log_q_implicit).item()
+            stats["kl"] = _mean(log_q_implicit).detach()
         if groups:
-            stats["extrapolated_fraction"] = sum(extrapolated) / len(extrapolated)
+            stats["extrapolated_fraction"] = MeanOf(extrapolated)
         # Importance weights use the discriminator only where it was trained: beyond
         # the range of logits it produced on its own training draws it extrapolates,
         # and a tail draw's weight would then be the network's guess (k-hat alarms on
         # good fits came from there).
-        self._last_log_weights = (log_p - log_q_explicit - log_q_bounded).detach()
+        self._last_log_weights = _sub(_sub(log_p, log_q_explicit), log_q_bounded).detach()
         self._last_log_weights_unbounded = elbo_particles.detach()
         return loss, loss, d_loss, stats
 
@@ -286,21 +294,50 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         """
         The group's unconstrained value in the padded layout (particles on dim 0,
         one feature dim) and ``log |dz/du|`` in the same batch layout without the
-        feature dim. A joint group is one flat vector per particle: each site
-        flattened over its own plates, never copied across another site's plates.
+        feature dim (``None`` where every bijection is the identity). A joint group
+        is one flat vector per particle: each site flattened over its own plates,
+        never copied across another site's plates.
         """
         nesting = self.max_plate_nesting
-        parts, ladj = [], 0.0
+        parts, ladj = [], None
         for site_name in group.names:
             u, u_event_dim, site_ladj = unconstrained(
                 guide_trace.nodes[site_name], model_trace.nodes[site_name]
             )
             parts.append(flat_features(u, u_event_dim, nesting))
-            site_ladj = site_ladj * guide_trace.nodes[site_name]["scale"]
-            ladj = ladj + particle_sum(site_ladj, nesting, 0)
+            if site_ladj is None:  # an identity bijection (a real-valued latent)
+                continue
+            scale = guide_trace.nodes[site_name]["scale"]
+            if scale != 1.0:
+                site_ladj = site_ladj * scale
+            ladj = _add(ladj, particle_sum(site_ladj, nesting, 0))
         if group.joint is not None:
             return _per_particle(parts), ladj
         return _join(*parts), ladj
+
+    def _reference_values(
+        self, group, upstream, guide, args, kwargs, guide_trace, model_trace, references
+    ):
+        """
+        The ``moment_particles + discriminator_particles`` reference draws of the
+        group (and of its upstream latents), without gradient, laid out like
+        :meth:`_group_value`. An :class:`~pyro_adv.infer.autoguide.AutoImplicit`
+        whose joint draw is the whole group draws them directly
+        (:meth:`~pyro_adv.infer.autoguide.AutoImplicit.draw_unconstrained`: the
+        same values from the same random stream, without Pyro's handlers); other
+        guides are traced once more under a plate of that many draws, shared by
+        the groups of this step (``references`` caches it).
+        """
+        num_draws = self.moment_particles + self.discriminator_particles
+        if not upstream and _draws_whole_group(guide, group):
+            with torch.no_grad():
+                draws = guide.draw_unconstrained(num_draws, *args, **kwargs)
+            return draws.reshape(num_draws, -1), None
+        if "trace" not in references:
+            references["trace"] = self._guide_draws(guide, num_draws, args, kwargs, guide_trace)
+        trace = references["trace"]
+        ref_u, _ = self._group_value(group, trace, model_trace)
+        return ref_u, self._upstream_value(group, upstream, trace, model_trace)
 
     def _upstream_value(self, group, upstream, guide_trace, model_trace):
         """The upstream latents' unconstrained values laid out like the group's value."""
@@ -386,7 +423,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         low, high = seen.min(0, keepdim=True).values, seen.max(0, keepdim=True).values
         t_detached = t.detach()
         bounded = torch.maximum(torch.minimum(t_detached, high), low)
-        outside = (bounded != t_detached).to(t_detached.dtype).mean().item()
+        outside = (bounded != t_detached).to(t_detached.dtype).mean()
         return _GroupTerms(t, bounded, d_loss, accs, outside)
 
     # ------------------------------------------------------------ diagnostics
@@ -423,7 +460,16 @@ class _GroupTerms(NamedTuple):
     log_q_bounded: torch.Tensor
     loss: torch.Tensor
     accuracies: tuple
-    extrapolated: float
+    extrapolated: torch.Tensor
+
+
+def _draws_whole_group(guide, group):
+    """Whether ``guide`` is an AutoImplicit whose one joint draw is exactly ``group``."""
+    if not isinstance(guide, AutoImplicit) or group.joint is None:
+        return False
+    if group.joint != guide.joint_name or guide.prototype_trace is None:
+        return False
+    return group.names == [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
 
 
 def _per_particle(parts):
@@ -441,5 +487,21 @@ def _join(*parts):
     return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], -1)
 
 
+def _add(total, value):
+    """``total + value``, where ``None`` stands for zero (no tensor operation)."""
+    if value is None:
+        return total
+    return value if total is None else total + value
+
+
+def _sub(total, value):
+    """``total - value``, where ``None`` stands for zero."""
+    if value is None:
+        return total
+    return -value if total is None else total - value
+
+
 def _mean(x):
+    if x is None:
+        x = 0.0
     return x.mean() if torch.is_tensor(x) else torch.as_tensor(x)

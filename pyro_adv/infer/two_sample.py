@@ -1,5 +1,7 @@
 """The bookkeeping of two-sample games (GAN, ALI): a discriminator per group of sites."""
 
+from pyro_adv.infer.stats import MeanOf, StepStats
+
 __all__ = ["TwoSampleGame"]
 
 
@@ -19,12 +21,12 @@ class TwoSampleGame:
         and the discriminator's accuracy on each side.
         """
         div = self.divergence
-        d_loss = totals.get("d_loss", 0.0) + div.discriminator_loss(real_logits, fake_logits)
+        d_loss = _add(totals.get("d_loss"), div.discriminator_loss(real_logits, fake_logits))
         totals["d_loss"] = d_loss + penalty
-        totals["penalty"] = totals.get("penalty", 0.0) + penalty.detach()
-        totals["g_loss"] = totals.get("g_loss", 0.0) + generator_loss
+        totals["penalty"] = _add(totals.get("penalty"), penalty.detach())
+        totals["g_loss"] = _add(totals.get("g_loss"), generator_loss)
         estimate = div.estimate(real_logits, fake_logits).detach()
-        totals["estimate"] = totals.get("estimate", 0.0) + estimate
+        totals["estimate"] = _add(totals.get("estimate"), estimate)
         a_real, a_fake = div.accuracy(real_logits, fake_logits)
         totals.setdefault("acc_real", []).append(a_real)
         totals.setdefault("acc_fake", []).append(a_fake)
@@ -32,15 +34,22 @@ class TwoSampleGame:
     def _game_result(self, totals):
         """``_losses``'s return value from the ``totals`` of :meth:`_game_add`."""
         estimate, g_loss, d_loss = totals["estimate"], totals["g_loss"], totals["d_loss"]
-        acc_real, acc_fake = totals["acc_real"], totals["acc_fake"]
-        stats = {
-            "loss": estimate.item(),
-            "generator_loss": g_loss.item(),
-            "discriminator_loss": d_loss.item(),
-            "discriminator_accuracy_real": sum(acc_real) / len(acc_real),
-            "discriminator_accuracy_fake": sum(acc_fake) / len(acc_fake),
-            "divergence": estimate.item(),
-        }
+        # kept on the device until read (one read for all; see StepStats)
+        stats = StepStats(
+            {
+                "loss": estimate,
+                "generator_loss": g_loss.detach(),
+                "discriminator_loss": d_loss.detach(),
+                "discriminator_accuracy_real": MeanOf(totals["acc_real"]),
+                "discriminator_accuracy_fake": MeanOf(totals["acc_fake"]),
+                "divergence": estimate,
+            }
+        )
         if getattr(self.divergence, "has_penalty", False):
-            stats["gradient_penalty"] = totals["penalty"].item()
+            stats["gradient_penalty"] = totals["penalty"]
         return estimate, g_loss, d_loss, stats
+
+
+def _add(total, value):
+    # the first term as it is: ``0.0 + tensor`` would be one more tensor op
+    return value if total is None else total + value

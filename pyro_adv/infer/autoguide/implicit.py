@@ -113,6 +113,26 @@ class AutoImplicit(AutoContinuous):
             lambda eps: self.loc + self.sampler(eps), noise, event_shape=(self.latent_dim,)
         )
 
+    @property
+    def joint_name(self):
+        """The ``joint`` of this guide's :class:`~pyro_adv.distributions.ImplicitValue` sites."""
+        return self._pyro_name or "AutoImplicit"
+
+    def draw_unconstrained(self, num_draws, *args, **kwargs):
+        """
+        ``num_draws`` joint draws of the packed unconstrained latent vector, shape
+        ``(num_draws, latent_dim)``, drawn outside Pyro's effect handlers (no sample
+        or param sites are recorded). They equal the values a trace of the guide
+        under a plate of ``num_draws`` would give, each latent's unconstrained
+        value flattened in the guide's site order, from the same random stream;
+        :class:`~pyro_adv.infer.TraceAVB_ELBO` takes its reference draws from here
+        (Pyro's handlers cost more than the sampler on small problems).
+        Gradients flow unless called under :func:`torch.no_grad`.
+        """
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        return self.get_posterior(*args, **kwargs).rsample((num_draws,))
+
     def forward(self, *args, **kwargs):
         """
         Draws all latents jointly and samples each model site at its share.
@@ -134,7 +154,7 @@ class AutoImplicit(AutoContinuous):
                     ImplicitValue(
                         value,
                         event_dim=site["fn"].event_dim,
-                        joint=self._pyro_name or "AutoImplicit",
+                        joint=self.joint_name,
                         unconstrained_value=unconstrained_value,
                     ),
                 )
