@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 
 import torch
 
-__all__ = ["MeanOf", "StepStats"]
+__all__ = ["Deferred", "MeanOf", "StepStats"]
 
 
 class MeanOf(tuple):
@@ -24,13 +24,25 @@ class MeanOf(tuple):
     """
 
 
+class Deferred:
+    """
+    A statistic computed only when :class:`StepStats` is read: ``fn()`` returns a
+    one-element tensor (or a number, or ``None``). For values that cost tensor
+    operations to form and that a bare training loop never looks at.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+
+
 class StepStats(MutableMapping):
     """
     A dict of step statistics whose values may be one-element tensors until read.
     Reading a value (indexing, ``get``, ``items``, ``dict(stats)``, ``repr``) turns
     every tensor value into a Python ``float`` with a single device read per device
     (the values are stacked and copied together); a :class:`MeanOf` becomes the
-    mean of its floats, and other values (``None``, floats) are kept as they are.
+    mean of its floats, a :class:`Deferred` is computed first, and other values
+    (``None``, floats) are kept as they are.
     Values are exactly those of ``tensor.item()``.
 
     :param dict values: the initial statistics.
@@ -67,6 +79,9 @@ class StepStats(MutableMapping):
 
     def _resolve(self):
         if self._floats is None:
+            for key, value in self._raw.items():
+                if isinstance(value, Deferred):
+                    self._raw[key] = value.fn()
             tensors = {}
             for key, value in self._raw.items():
                 parts = value if isinstance(value, MeanOf) else (value,)

@@ -1,5 +1,6 @@
 """The bookkeeping of two-sample games (GAN, ALI): a discriminator per group of sites."""
 
+from pyro_adv.infer.adversarial import StepLosses
 from pyro_adv.infer.stats import MeanOf, StepStats
 
 __all__ = ["TwoSampleGame"]
@@ -47,7 +48,7 @@ class TwoSampleGame:
         )
         if getattr(self.divergence, "has_penalty", False):
             stats["gradient_penalty"] = totals["penalty"]
-        return estimate, g_loss, d_loss, stats
+        return StepLosses(estimate, g_loss, d_loss, stats)
 
 
 def _add(total, value):

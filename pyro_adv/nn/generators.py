@@ -38,7 +38,8 @@ class MLPGenerator(MLP):
         """A standard-normal noise distribution with this generator's dtype and device."""
         p = next(self.parameters())
         zeros = p.new_zeros(torch.Size(batch_shape) + (self.noise_dim,))
-        return dist.Normal(zeros, 1.0).to_event(1)
+        # standard normal noise: nothing to validate (a device read per argument check)
+        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
 
     def distribution(self, *batch_shape):
         """``ImplicitDistribution(self, self.noise(*batch_shape))``."""
@@ -134,7 +135,9 @@ class ImplicitEncoder(nn.Module):
             # integer counts or float64 data: the network's dtype, not a matmul error
             context = context.to(dtype)
         batch_shape = context.shape[:-1]
-        noise = dist.Normal(context.new_zeros(batch_shape + (self.noise_dim,)), 1.0).to_event(1)
+        zeros = context.new_zeros(batch_shape + (self.noise_dim,))
+        # standard normal noise: nothing to validate (a device read per argument check)
+        noise = dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
         return ImplicitDistribution(
             lambda eps: self.generate(context, eps), noise, event_shape=(self.latent_dim,)
         )

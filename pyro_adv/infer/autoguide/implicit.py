@@ -108,7 +108,8 @@ class AutoImplicit(AutoContinuous):
 
     def get_posterior(self, *args, **kwargs):
         """The joint implicit posterior over the packed unconstrained latent vector."""
-        noise = dist.Normal(self._noise_loc, 1.0).to_event(1)
+        # standard normal noise: nothing to validate (a device read per argument check)
+        noise = dist.Normal(self._noise_loc, 1.0, validate_args=False).to_event(1)
         return ImplicitDistribution(
             lambda eps: self.loc + self.sampler(eps), noise, event_shape=(self.latent_dim,)
         )
