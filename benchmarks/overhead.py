@@ -46,7 +46,6 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.infer import SVI
-from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from pyro_adv.distributions import ImplicitDistribution
@@ -86,8 +85,20 @@ def _copy(module):
 
 
 def _frozen(module):
-    params = {k: v.detach() for k, v in module.named_parameters()}
-    return lambda *inputs: functional_call(module, params, inputs)
+    # the discriminator's weights out of the generator's graph (one backward for both
+    # players): the cheapest way, parameters not requiring gradients during the call
+    params = list(module.parameters())
+
+    def call(*inputs):
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return module(*inputs)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    return call
 
 
 class AVB(Problem):

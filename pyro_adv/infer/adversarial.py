@@ -19,7 +19,6 @@ import pyro.optim
 import pyro.poutine as poutine
 import torch
 from pyro.infer.elbo import ELBO
-from torch.func import functional_call
 
 from pyro_adv.infer.checks import (
     NonFiniteLossError,
@@ -116,6 +115,10 @@ class AdversarialObjective(StepChecks, ELBO):
     :param str discriminator_prefix: prefix of the discriminators' names in the
         param store.
     """
+
+    #: whether ``_losses`` should form importance log-weights (evaluations only:
+    #: training steps skip that work)
+    _weights_wanted = False
 
     def __init__(
         self,
@@ -231,9 +234,24 @@ class AdversarialObjective(StepChecks, ELBO):
 
     @staticmethod
     def frozen(module):
-        """``module`` with its parameters detached: gradients reach its inputs only."""
-        params = {name: p.detach() for name, p in module.named_parameters()}
-        return lambda *inputs: functional_call(module, params, inputs)
+        """
+        ``module`` with its parameters detached: gradients reach its inputs only. (Its
+        parameters stop requiring gradients for the duration of the call, which
+        records no graph edge to them; the same values and input gradients as a
+        ``torch.func.functional_call`` with detached parameters, with less overhead.)
+        """
+        params = [p for p in module.parameters() if p.requires_grad]
+
+        def call(*inputs):
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                return module(*inputs)
+            finally:
+                for p in params:
+                    p.requires_grad_(True)
+
+        return call
 
     # ---------------------------------------------------------------- interface
     def _get_trace(self, model, guide, args, kwargs):
@@ -410,11 +428,13 @@ class AdversarialObjective(StepChecks, ELBO):
             if self.vectorize_particles and self.num_particles == 1 and num_particles > 1:
                 self.max_plate_nesting += 1
             self.num_particles = num_particles
+        self._weights_wanted = True
         try:
             with torch.no_grad(), self._explaining(model, guide, args, kwargs):
                 result = self._losses(model, guide, args, kwargs)
         finally:
             self.num_particles, self.max_plate_nesting = saved
+            self._weights_wanted = False
         self._remember(model, guide, args, kwargs)
         return result
 

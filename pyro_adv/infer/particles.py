@@ -38,7 +38,13 @@ class ParticleTraces:
 
     def _vectorized_num_particles(self, fn):
         # Always a particle plate, even of size 1: the reference draws take its slot.
-        return pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting)(fn)
+        # One plate object per setting, reused (a plate builds its index tensor when made).
+        key = (self.num_particles, self.max_plate_nesting)
+        cached = self.__dict__.get("_particle_plate")
+        if cached is None or cached[0] != key:
+            plate = pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting)
+            cached = self._particle_plate = (key, plate)
+        return cached[1](fn)
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         super()._guess_max_plate_nesting(model, guide, args, kwargs)

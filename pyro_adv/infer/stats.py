@@ -19,7 +19,8 @@ __all__ = ["Deferred", "MeanOf", "StepStats"]
 class MeanOf(tuple):
     """
     A statistic that is the mean of several one-element tensors (one per
-    discriminator group, say), resolved by :class:`StepStats` as
+    discriminator group, say; :class:`Deferred` ones are computed), resolved by
+    :class:`StepStats` as
     ``sum(floats) / len(floats)`` in Python, as if each had been read with ``.item()``.
     """
 
@@ -82,6 +83,8 @@ class StepStats(MutableMapping):
             for key, value in self._raw.items():
                 if isinstance(value, Deferred):
                     self._raw[key] = value.fn()
+                elif isinstance(value, MeanOf) and any(isinstance(v, Deferred) for v in value):
+                    self._raw[key] = MeanOf(v.fn() if isinstance(v, Deferred) else v for v in value)
             tensors = {}
             for key, value in self._raw.items():
                 parts = value if isinstance(value, MeanOf) else (value,)

@@ -14,7 +14,7 @@ from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.infer.contrast import conditional_gaussian
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.particles import ParticleTraces
-from pyro_adv.infer.stats import MeanOf, StepStats
+from pyro_adv.infer.stats import Deferred, MeanOf, StepStats
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
@@ -239,6 +239,8 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
                 terms = self._plain_terms(group, u, up, context, prior_u)
             scale = guide_trace.nodes[group.names[0]]["scale"]
             for bounded, log_q in enumerate((terms.log_q, terms.log_q_bounded)):
+                if log_q is None:  # bounded weights are only formed for evaluations
+                    continue
                 if scale != 1.0:
                     log_q = log_q * scale
                 if group.joint is None:
@@ -291,7 +293,11 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             loss,
             d_loss,
             stats,
-            log_weights=_sub(_sub(log_p, log_q_explicit), log_q_bounded).detach(),
+            log_weights=(
+                None
+                if groups and log_q_bounded is None
+                else _sub(_sub(log_p, log_q_explicit), log_q_bounded).detach()
+            ),
             log_weights_unbounded=elbo_particles.detach(),
         )
 
@@ -378,7 +384,10 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             group, z, join_features(context, up), real, fake, join_features(context, real_up)
         )
         return terms._replace(
-            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
+            log_q=terms.log_q + log_r,
+            log_q_bounded=None
+            if terms.log_q_bounded is None
+            else terms.log_q_bounded + log_r.detach(),
         )
 
     def _plain_terms(self, group, u, up, context, prior_u):
@@ -415,13 +424,14 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             t = self.frozen(disc)(expand(ctx, z), z)
         d_loss = self.divergence.discriminator_loss(real_logits, fake_logits)
         accs = self.divergence.accuracy(real_logits, fake_logits)
-        # the range of logits on the training draws, per context
-        seen = torch.cat([real_logits, fake_logits]).detach()
-        low, high = seen.min(0, keepdim=True).values, seen.max(0, keepdim=True).values
-        t_detached = t.detach()
-        bounded = torch.maximum(torch.minimum(t_detached, high), low)
-        outside = (bounded != t_detached).to(t_detached.dtype).mean()
-        return _GroupTerms(t, bounded, d_loss, accs, outside)
+        logits = (t.detach(), real_logits.detach(), fake_logits.detach())
+        if self._weights_wanted:
+            bounded, outside = _bounded(*logits)
+            return _GroupTerms(t, bounded, d_loss, accs, outside)
+        # a training step: the bounded weights are not needed, and the fraction of
+        # logits outside the range is formed only if the statistics are read
+        outside = Deferred(lambda: _bounded(*logits)[1])
+        return _GroupTerms(t, None, d_loss, accs, outside)
 
     # ------------------------------------------------------------ diagnostics
     def importance_log_weights(self, model, guide, *args, num_samples=None, bounded=True, **kwargs):
@@ -459,6 +469,17 @@ class _GroupTerms(NamedTuple):
     loss: torch.Tensor
     accuracies: tuple
     extrapolated: torch.Tensor
+
+
+def _bounded(t, real_logits, fake_logits):
+    """
+    The logits ``t`` clipped to the range the discriminator produced on its training
+    draws (per context), and the fraction of them that were clipped.
+    """
+    seen = torch.cat([real_logits, fake_logits])
+    low, high = seen.min(0, keepdim=True).values, seen.max(0, keepdim=True).values
+    bounded = torch.maximum(torch.minimum(t, high), low)
+    return bounded, (bounded != t).to(t.dtype).mean()
 
 
 def _draws_whole_group(guide, group):
