@@ -22,8 +22,9 @@ def test_overhead_compares_the_same_math():
     from benchmarks import overhead
 
     rows, _ = overhead.run(quick=True)
-    assert [r["engine"] for r in rows] == ["AVB", "ALI", "GAN"]
-    for row in rows:
+    engines = [r for r in rows if "same_math_max_rel_diff_losses" in r]
+    assert [r["engine"] for r in engines] == ["AVB", "ALI", "GAN"]
+    for row in engines:
         assert row["svi_ms_per_step"] > 0 and row["manual_ms_per_step"] > 0
         # the hand-written loop is the library's math: from the same parameters and
         # random state, the same losses and gradients up to float32 round-off

@@ -140,10 +140,12 @@ class ParticleTraces:
         the model does not broadcast.
         """
         nesting = self.max_plate_nesting
-        keep = poutine.Trace()
-        for name, site in guide_trace.nodes.items():
-            if name not in resample:
-                keep.add_node(name, **site)
+        keep = guide_trace  # replay only reads it
+        if resample:
+            keep = poutine.Trace()
+            for name, site in guide_trace.nodes.items():
+                if name not in resample:
+                    keep.add_node(name, **site)
         if self.particle_mode in (None, "vectorized"):
             trace = poutine.trace(
                 poutine.replay(self._vectorized_num_particles(model), trace=keep)
