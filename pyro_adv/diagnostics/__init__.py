@@ -1,7 +1,7 @@
 """
 Diagnostics for implicit and explicit guides: ArviZ export, importance
 diagnostics (Pareto k-hat) from density ratios, simulation-based calibration and
-two-sample metrics against reference samples.
+two-sample metrics against reference samples, and mode coverage.
 """
 
 from pyro_adv.diagnostics.arviz import to_inference_data
@@ -14,6 +14,7 @@ from pyro_adv.diagnostics.importance import (
     log_evidence,
     psis,
 )
+from pyro_adv.diagnostics.modes import ModeCoverage, mode_coverage
 from pyro_adv.diagnostics.sbc import SBCResult, ecdf_confidence_band, rank_uniformity_test, sbc
 from pyro_adv.diagnostics.two_sample import (
     c2st,
@@ -25,6 +26,7 @@ from pyro_adv.diagnostics.two_sample import (
 
 __all__ = [
     "ImportanceDiagnostics",
+    "ModeCoverage",
     "SBCResult",
     "c2st",
     "diagnose_guide",
@@ -34,6 +36,7 @@ __all__ = [
     "importance_diagnostics",
     "importance_log_weights",
     "log_evidence",
+    "mode_coverage",
     "mmd",
     "moment_errors",
     "psis",

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from pyro_adv.distributions.implicit import ImplicitDistribution
+from pyro_adv.nn.mixture import MixtureMLP, component_index
 from pyro_adv.nn.mlp import MLP
 
 __all__ = ["MLPGenerator", "ImplicitEncoder"]
@@ -26,13 +27,54 @@ class MLPGenerator(MLP):
     :param activation: hidden activation (name or module class).
     """
 
-    def __init__(self, noise_dim, output_dim, hidden_dims=(64, 64), activation="elu"):
+    def __init__(
+        self,
+        noise_dim,
+        output_dim,
+        hidden_dims=(64, 64),
+        activation="elu",
+        num_components=1,
+        component_spread=1.0,
+    ):
         if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
             raise ValueError(
                 f"MLPGenerator: noise_dim must be a positive integer, got {noise_dim!r}"
             )
-        super().__init__(noise_dim, output_dim, hidden_dims, activation)
+        if isinstance(num_components, bool) or not isinstance(num_components, int):
+            raise ValueError(
+                f"MLPGenerator: num_components must be a positive integer, got {num_components!r}"
+            )
+        if num_components < 1:
+            raise ValueError(
+                f"MLPGenerator: num_components must be a positive integer, got {num_components!r}"
+            )
+        extra = num_components if num_components > 1 else 0
+        super().__init__(noise_dim + extra, output_dim, hidden_dims, activation)
         self.noise_dim = noise_dim
+        self.num_components = num_components
+        if num_components > 1:
+            # antithetic pairs of starting offsets, as MixtureMLP's
+            half = torch.randn((num_components + 1) // 2, output_dim)
+            offsets = torch.cat([half, -half])[:num_components] * component_spread
+            self.offsets = nn.Parameter(offsets.to(self.net[0].weight))
+        else:
+            self.offsets = None
+
+    def component(self, eps):
+        """The mixture component each noise row picks (its last coordinate's bin)."""
+        return component_index(eps[..., -1], self.num_components)
+
+    def forward(self, eps):
+        if self.num_components == 1:
+            return super().forward(eps)
+        if eps.shape[-1] != self.noise_dim:
+            raise ValueError(
+                f"MLPGenerator: expected noise with {self.noise_dim} features, "
+                f"got shape {tuple(eps.shape)}"
+            )
+        k = self.component(eps)
+        code = nn.functional.one_hot(k, self.num_components).to(eps.dtype)
+        return super().forward(torch.cat([eps, code], -1)) + self.offsets[k]
 
     def noise(self, *batch_shape):
         """A standard-normal noise distribution with this generator's dtype and device."""
@@ -85,6 +127,8 @@ class ImplicitEncoder(nn.Module):
         hidden_dims=(64, 64),
         activation="elu",
         context_transform=None,
+        num_components=1,
+        component_spread=1.0,
     ):
         super().__init__()
         if input_dim < 1 or latent_dim < 1:
@@ -104,7 +148,19 @@ class ImplicitEncoder(nn.Module):
                 f"ImplicitEncoder: noise_dim must be a positive integer, got {noise_dim!r}"
             )
         self.context_transform = context_transform
-        self.net = MLP(input_dim + self.noise_dim, latent_dim, hidden_dims, activation)
+        self.num_components = num_components
+        if num_components == 1:
+            self.net = MLP(input_dim + self.noise_dim, latent_dim, hidden_dims, activation)
+        else:
+            # the last input column is noise: it picks the component
+            self.net = MixtureMLP(
+                input_dim + self.noise_dim,
+                latent_dim,
+                num_components,
+                hidden_dims,
+                activation,
+                spread=component_spread,
+            )
 
     def generate(self, context, noise):
         """``G(x, eps)`` for broadcastable ``context`` and ``noise``."""

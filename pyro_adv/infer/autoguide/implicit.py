@@ -8,6 +8,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch.distributions import biject_to
 
 from pyro_adv.distributions.implicit import ImplicitDistribution, ImplicitValue
+from pyro_adv.nn.mixture import MixtureMLP
 from pyro_adv.nn.mlp import MLP
 
 __all__ = ["AutoImplicit"]
@@ -60,6 +61,8 @@ class AutoImplicit(AutoContinuous):
         activation="elu",
         init_loc_fn=init_to_median,
         init_scale=0.1,
+        num_components=1,
+        component_spread=None,
     ):
         if init_scale <= 0:
             raise ValueError(f"AutoImplicit: init_scale must be positive, got {init_scale}")
@@ -73,6 +76,8 @@ class AutoImplicit(AutoContinuous):
         self.hidden_dims = tuple(hidden_dims)
         self.activation = activation
         self._init_scale = init_scale
+        self.num_components = num_components
+        self.component_spread = 1.0 if component_spread is None else component_spread
         super().__init__(model, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
@@ -95,16 +100,45 @@ class AutoImplicit(AutoContinuous):
         init = self._init_loc().detach()
         self.loc = torch.nn.Parameter(init)
         # a small last layer starts the sampler as a narrow cloud around the init
-        self.sampler = MLP(
-            self.noise_dim,
-            self.latent_dim,
-            self.hidden_dims,
-            self.activation,
-            output_scale=self._init_scale,
-            device=init.device,
-            dtype=init.dtype,
-        )
+        if self.num_components > 1:
+            self.sampler = MixtureMLP(
+                self.noise_dim,
+                self.latent_dim,
+                self.num_components,
+                self.hidden_dims,
+                self.activation,
+                output_scale=self._init_scale,
+                device=init.device,
+                dtype=init.dtype,
+            )
+        else:
+            self.sampler = MLP(
+                self.noise_dim,
+                self.latent_dim,
+                self.hidden_dims,
+                self.activation,
+                output_scale=self._init_scale,
+                device=init.device,
+                dtype=init.dtype,
+            )
+        if self.num_components > 1:
+            with torch.no_grad():
+                self.sampler.offsets.copy_(self._component_offsets(init))
         self.register_buffer("_noise_loc", init.new_zeros(self.noise_dim))
+
+    def _component_offsets(self, init):
+        # prior draws reflected about the init (antithetic pairs): the components start
+        # spread over the prior, on both sides of the init, each in its own basin
+        pairs = (self.num_components + 1) // 2
+        draws = []
+        for _ in range(pairs):
+            parts = []
+            for _, site in self.prototype_trace.iter_stochastic_nodes():
+                value = site["fn"].sample().detach()
+                parts.append(biject_to(site["fn"].support).inv(value).reshape(-1))
+            draws.append(torch.cat(parts).to(init) - init)
+        half = torch.stack(draws)
+        return torch.cat([half, -half])[: self.num_components] * self.component_spread
 
     def get_posterior(self, *args, **kwargs):
         """The joint implicit posterior over the packed unconstrained latent vector."""
