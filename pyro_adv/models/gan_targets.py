@@ -170,14 +170,16 @@ def ring_centres(num_modes=8, radius=RING_RADIUS, dtype=None, device=None):
 
 
 def grid_centres(dtype=None, device=None):
-    """The ``(25, 2)`` centres of the grid :math:`\{-4, -2, 0, 2, 4\}^2`."""
+    r"""The ``(25, 2)`` centres of the grid :math:`\{-4, -2, 0, 2, 4\}^2`."""
     axis = torch.arange(-4.0, 5.0, 2.0, dtype=dtype or torch.get_default_dtype(), device=device)
     return torch.cartesian_prod(axis, axis)
 
 
 def _sample_modes(centres, sd, n):
     k = torch.randint(len(centres), (n,), device=centres.device)
-    return centres[k] + sd * torch.randn(n, centres.shape[-1], dtype=centres.dtype, device=centres.device)
+    return centres[k] + sd * torch.randn(
+        n, centres.shape[-1], dtype=centres.dtype, device=centres.device
+    )
 
 
 def sample_ring(n, dtype=None, device=None):

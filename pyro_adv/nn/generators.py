@@ -12,7 +12,7 @@ __all__ = ["MLPGenerator", "ImplicitEncoder"]
 
 
 class MLPGenerator(MLP):
-    """
+    r"""
     A generator network ``G(eps)`` for :class:`~pyro_adv.distributions.ImplicitDistribution`
     (thesis section 3.1): an MLP from ``noise_dim`` noise to ``output_dim`` values.
 
@@ -25,6 +25,14 @@ class MLPGenerator(MLP):
     :param int output_dim: width of a generated value.
     :param tuple hidden_dims: widths of the hidden layers.
     :param activation: hidden activation (name or module class).
+    :param int num_components: ``K > 1`` makes the generator a mixture of ``K``
+        networks sharing their hidden layers: the last noise coordinate's bin
+        :math:`\lfloor K \Phi(\epsilon_{-1}) \rfloor` picks one per draw, which
+        gets its own first-layer bias and output offset (as
+        :class:`~pyro_adv.nn.MixtureMLP`), so separated modes need no bridge of
+        generated points between them (see :doc:`/guide/modes`).
+    :param float component_spread: sd of the components' starting output offsets
+        (antithetic pairs), in output units.
     """
 
     def __init__(
@@ -117,6 +125,10 @@ class ImplicitEncoder(nn.Module):
     :param activation: hidden activation.
     :param callable context_transform: applied to the context before the network
         (e.g. ``torch.log1p`` for positive data spanning several scales).
+    :param int num_components: ``K > 1``: a mixture of ``K`` networks picked per draw
+        by the last noise coordinate (:class:`~pyro_adv.nn.MixtureMLP`), for
+        posteriors with separated modes.
+    :param float component_spread: sd of the components' starting output offsets.
     """
 
     def __init__(

@@ -50,6 +50,15 @@ class AutoImplicit(AutoContinuous):
     :param callable init_loc_fn: per-site initialization (see
         :mod:`pyro.infer.autoguide.initialization`); the sampler starts centred there.
     :param float init_scale: initial spread of the samples in unconstrained space.
+    :param int num_components: ``K``: the sampler is a mixture of ``K`` networks
+        sharing their hidden layers, one picked per draw by a bin of the last noise
+        coordinate (:class:`~pyro_adv.nn.MixtureMLP`), so it can put mass on separated
+        modes without a bridge between them. Each component starts at its own place:
+        prior draws reflected about the init in antithetic pairs, so the components
+        start spread over the prior and gradient descent carries them into different
+        modes (see :doc:`/guide/modes`). ``1`` is a single network.
+    :param float component_spread: multiplies the components' starting offsets from
+        the init (default 1: the prior draws themselves).
     """
 
     def __init__(
