@@ -143,8 +143,15 @@ class AutoImplicit(AutoContinuous):
         for _ in range(pairs):
             parts = []
             for _, site in self.prototype_trace.iter_stochastic_nodes():
-                value = site["fn"].sample().detach()
-                parts.append(biject_to(site["fn"].support).inv(value).reshape(-1))
+                transform = biject_to(site["fn"].support)
+                try:
+                    u = transform.inv(site["fn"].sample().detach())
+                except NotImplementedError:
+                    # an improper prior (ImproperUniform) cannot be sampled: N(0, 1)
+                    # around the site's init in unconstrained space
+                    u = transform.inv(site["value"].detach())
+                    u = u + torch.randn_like(u)
+                parts.append(u.reshape(-1))
             draws.append(torch.cat(parts).to(init) - init)
         half = torch.stack(draws)
         return torch.cat([half, -half])[: self.num_components] * self.component_spread
