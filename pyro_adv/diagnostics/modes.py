@@ -1,7 +1,7 @@
 r"""
 Mode coverage of samples from a mixture of well-separated modes, with the protocol
-of VEEGAN (Srivastava et al. 2017, section 5.1) and PacGAN (Lin et al. 2018,
-section 5.1): a sample is *high quality* if it lies within ``num_sd`` (3) standard
+of the 2-D experiments of VEEGAN (Srivastava et al. 2017) and PacGAN (Lin et al.
+2018): a sample is *high quality* if it lies within ``num_sd`` (3) standard
 deviations of its nearest mode centre; a mode is *covered* if at least
 ``min_count`` (1) high-quality samples are nearest to it; and the histogram of the
 high-quality samples over the modes is compared with the target's (equal weights)
@@ -10,7 +10,9 @@ by the reverse KL divergence
 .. math:: \mathrm{KL}(\hat q \,\|\, p) = \sum_k \hat q_k \log \frac{\hat q_k}{p_k},
 
 which is 0 for a perfectly balanced sampler and :math:`\log K` for one that puts
-everything on one of ``K`` equal modes. The papers use 2,500 samples.
+everything on one of ``K`` equal modes. The papers use 2,500 samples. A diffuse
+sampler that smears points over the plane covers many modes with a few
+high-quality points each: read ``modes`` beside ``high_quality``.
 """
 
 import math

@@ -55,7 +55,7 @@ class PackedDiscriminator(nn.Module):
     A generator that has dropped modes makes packs that look alike, which one
     draw at a time cannot show; packing turns the divergence between :math:`p`
     and :math:`q` into one between :math:`p^m` and :math:`q^m`, which penalizes
-    missing mass more (Lin et al. 2018, section 4).
+    missing mass more (Lin et al. 2018).
 
     Each pack's logit is returned for every row of the pack, so losses that are
     means over rows are means over packs. A batch whose size is not a multiple of
