@@ -3,14 +3,15 @@ Issue 11, item 5: separated modes with small honest budgets.
 
 * AVB on the zoo's symmetric bimodal posterior (``Bimodal``: z ~ N(0, 2^2), 20
   observations y ~ N(z^2, 1), modes at z = +-1.1, 11 posterior sds apart): an
-  ``AutoImplicit`` with mixture components puts each mode's share of the mass (the
-  exact 0.5, from the quadrature reference) within 0.1. With one component
-  (``num_components=1``) the same run puts 0% or 100% on z > 0 (checked: seeds 0-3
-  all 0.00 or 1.00), so this test fails without the mechanism.
+  ``AutoImplicit`` with 8 mixture components puts each mode's share of the mass (the
+  exact 0.5, from the quadrature reference) within 0.1 (measured: 0.50). With one
+  component (``num_components=1``) the same 400-step run puts 0.00 on z > 0, so the
+  test fails without the mechanism (at 600 steps 4 of 4 seeds gave 0.00 or 1.00).
 * A GAN on four separated modes (sd 0.05 at the corners of a square of side 3): a
   mixture generator (``MLPGenerator(num_components=4)``) covers all four, in equal
-  shares, with mostly high-quality points. The same run with one component is
-  checked to fail.
+  shares, with mostly high-quality points (measured: 4 modes, 87.8% high quality,
+  reverse KL 0.006). The same run with one component covers 2 modes with 30.7% high
+  quality (reverse KL 1.25), so the test fails without the mechanism.
 """
 
 import pytest
