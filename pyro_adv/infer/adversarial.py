@@ -115,6 +115,12 @@ class AdversarialObjective(StepChecks, ELBO):
         param store.
     """
 
+    #: what the two sides of the discriminator's game are, as in
+    #: :mod:`~pyro_adv.infer.divergences`: ``p`` the target side (data, simulations,
+    #: a reference), ``q`` the side being fitted (the model or the guide). Statistics
+    #: name them so: ``discriminator_accuracy_p`` / ``discriminator_accuracy_q``.
+    sides = {"p": "target samples", "q": "model or guide samples"}
+
     def __init__(
         self,
         num_particles=1,

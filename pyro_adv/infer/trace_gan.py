@@ -88,7 +88,8 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
     (the bound above, in the units of the chosen divergence; for ``"minimax"``
     and ``"nonsaturating"`` it is :math:`2\,JSD - \log 4`). :attr:`stats` keeps the
     last step's ``loss``, ``generator_loss``, ``discriminator_loss``,
-    ``discriminator_accuracy_real``, ``discriminator_accuracy_fake`` and
+    ``discriminator_accuracy_p`` (on data), ``discriminator_accuracy_q`` (on
+    the model's simulations) and
     ``divergence``. The guide must have no sample sites: pass
     ``lambda *args, **kwargs: None``.
 
@@ -142,6 +143,9 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
     :param pyro.optim.PyroOptim discriminator_optim: optimizer of the extra updates.
     :param str discriminator_prefix: param-store prefix of the discriminators.
     """
+
+    #: the two sides of the discriminator's game: ``p`` the data, ``q`` the model
+    sides = {"p": "data", "q": "model simulations"}
 
     def __init__(
         self,

@@ -234,8 +234,8 @@ def test_one_step_updates_both_players_and_keeps_stats():
         "loss",
         "generator_loss",
         "discriminator_loss",
-        "discriminator_accuracy_real",
-        "discriminator_accuracy_fake",
+        "discriminator_accuracy_p",
+        "discriminator_accuracy_q",
         "divergence",
     ]
     assert all(isinstance(ali.stats[k], float) for k in keys)
