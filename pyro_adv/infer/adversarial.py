@@ -26,6 +26,7 @@ from pyro_adv.infer.checks import (
     StepChecks,
     check_positive_int,
 )
+from pyro_adv.infer.util import module_key
 
 __all__ = [
     "AdversarialObjective",
@@ -172,6 +173,7 @@ class AdversarialObjective(StepChecks, ELBO):
         ``SVI`` captures and updates its parameters. A non-finite ``example`` is
         refused before anything is fixed, naming the sites with non-finite values.
         """
+        key = module_key(key)
         if key not in self.discriminators:
             self._build_discriminator(key, factory, example)
         module = self.discriminators[key]
@@ -184,6 +186,7 @@ class AdversarialObjective(StepChecks, ELBO):
         where it has one (lazy sizing and input standardization), else ``probe(module)``
         or ``module(example)`` without gradient.
         """
+        key = module_key(key)
         store = pyro.get_param_store()
         prefix = f"{self.discriminator_prefix}_{key}"
         stale = [name for name in store.keys() if name.startswith(prefix + "$$$")]

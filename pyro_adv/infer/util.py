@@ -143,8 +143,15 @@ def per_particle_features(parts):
 
 
 def module_key(key):
-    """A group key as a discriminator's name (torch module names cannot contain dots)."""
-    return re.sub(r"\W", "_", key)
+    """
+    A group key as a discriminator's name in a :class:`torch.nn.ModuleDict`: module
+    names cannot contain dots, and must not shadow the dict's own attributes (a
+    plate named ``items`` or ``keys``). Idempotent.
+    """
+    key = re.sub(r"\W", "_", key)
+    if hasattr(torch.nn.ModuleDict, key):
+        key += "_"
+    return key
 
 
 class LatentGroup:

@@ -9,8 +9,8 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 from pyro_adv.infer import Trace_ALI, Trace_GAN, TraceAVB_ELBO, is_discriminator_param, simulate
-from pyro_adv.infer.autoguide import AutoImplicit
-from pyro_adv.models import amortized_guide, exponential_model
+from pyro_adv.infer.autoguide import AutoImplicit, amortized_guide
+from pyro_adv.models import exponential_model
 from pyro_adv.models.conjugate import ConjugateGaussian
 from pyro_adv.models.gan_targets import bivariate_normal_gan, sample_bivariate_normal
 from pyro_adv.nn import ImplicitEncoder

@@ -9,7 +9,8 @@ from torch.distributions import constraints
 
 from pyro_adv.distributions import ImplicitDistribution
 from pyro_adv.infer import Trace_ALI, is_discriminator_param, simulate
-from pyro_adv.models import ConjugateGaussian, amortized_guide, exponential_model
+from pyro_adv.infer.autoguide import amortized_guide
+from pyro_adv.models import ConjugateGaussian, exponential_model
 from pyro_adv.models.recipes import (
     ali_adam,
     evaluate_exponential,

@@ -178,7 +178,8 @@ def test_exponential_posterior_amortized_encoder():
 def test_subsampled_elbo_is_unbiased_for_the_full_batch():
     """Scaling by N / batch (Pyro's plate scale) must make minibatch estimates average out
     to the full-batch estimate; a double scaling once blew them up by a factor of N/B."""
-    from pyro_adv.models import amortized_guide, exponential_model
+    from pyro_adv.infer.autoguide import amortized_guide
+    from pyro_adv.models import exponential_model
 
     x = torch.linspace(0.5, 20.0, 64)
     encoder = ImplicitEncoder(1, 2, noise_dim=3, hidden_dims=(16,), context_transform=torch.log1p)
