@@ -297,7 +297,7 @@ def test_constrained_latents_are_discriminated_in_unconstrained_space():
             rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
             pyro.sample("x", dist.Exponential(rate), obs=x)
 
-    encoder = ImplicitEncoder(1, 1, hidden_dims=(8,))
+    encoder = ImplicitEncoder(1, 1, noise_dim=2, hidden_dims=(8,))
 
     def guide(x):
         pyro.module("encoder", encoder)
