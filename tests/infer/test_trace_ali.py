@@ -7,15 +7,15 @@ import torch
 from pyro.infer import SVI
 from torch.distributions import constraints
 
-from pyro_adv.distributions import ImplicitDistribution
-from pyro_adv.infer import Trace_ALI, is_discriminator_param, simulate
-from pyro_adv.models import ConjugateGaussian, amortized_guide, exponential_model
-from pyro_adv.models.recipes import (
+from benchmarks.recipes import (
     ali_adam,
     evaluate_exponential,
     failures,
     fit_exponential_ali,
 )
+from pyro_adv.distributions import ImplicitDistribution
+from pyro_adv.infer import Trace_ALI, is_discriminator_param, simulate
+from pyro_adv.models import ConjugateGaussian, amortized_guide, exponential_model
 from pyro_adv.nn import ImplicitEncoder, PairDiscriminator
 
 
