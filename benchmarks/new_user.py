@@ -21,6 +21,7 @@ JSON line; ``--optim adam`` is the plain-Adam baseline. The numbers land in
 """
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -43,11 +44,14 @@ from pyro_adv.models.exponential import (
 )
 from pyro_adv.models.sbi_tasks import TWO_MOONS
 from pyro_adv.models.zoo import get_model
-from pyro_adv.nn import ImplicitEncoder, MLPGenerator
+from pyro_adv.nn import ImplicitEncoder, MLPGenerator, raw_weights
 
 __all__ = ["CASES", "run_case"]
 
 NUM_DRAWS = 2000
+#: every sample is drawn twice: with the objective's weight averages (the default)
+#: and with the raw last weights (the " raw" columns)
+_WEIGHTS = (("", contextlib.nullcontext), (" raw", raw_weights))
 
 
 def _optim(objective, name, steps):
@@ -73,13 +77,15 @@ def exponential_avb(optim, steps, seed, quick=False, batch=64):
     out = {}
     n = 200 if quick else NUM_DRAWS
     for x in (1.0, 8.0):
-        with torch.no_grad():
-            z = encoder(torch.tensor([[x]])).sample((n,)).squeeze(1)
-        got, exact = posterior_summary(z), exact_posterior_moments(x)
-        out[f"E|z| err x={x:g}"] = got["mean_norm"] / exact["mean_norm"] - 1
-        out[f"sd|z| err x={x:g}"] = got["sd_norm"] / exact["sd_norm"] - 1
         ref = exact_posterior_sample(x, n, torch.Generator().manual_seed(1))
-        out[f"C2ST x={x:g}"] = _c2st(ref, z, quick)
+        exact = exact_posterior_moments(x)
+        for tag, weights in _WEIGHTS:
+            with torch.no_grad(), weights():
+                z = encoder(torch.tensor([[x]])).sample((n,)).squeeze(1)
+            got = posterior_summary(z)
+            out[f"E|z| err x={x:g}{tag}"] = got["mean_norm"] / exact["mean_norm"] - 1
+            out[f"sd|z| err x={x:g}{tag}"] = got["sd_norm"] / exact["sd_norm"] - 1
+            out[f"C2ST x={x:g}{tag}"] = _c2st(ref, z, quick)
     return out
 
 
@@ -109,13 +115,16 @@ def gan_bivariate(optim, steps, seed, quick=False, batch=256):
     for _ in range(steps):
         svi.step(data, batch_size=batch)
     n = 500 if quick else 20000
-    x = Predictive(gan, num_samples=1)(n=n)["x"][0]
-    return {
-        "mean err (sd)": ((x.mean(0) - target.mean) / sd).abs().max().item(),
-        "sd ratio - 1": (x.std(0) / sd - 1).abs().max().item(),
-        "corr err": abs(torch.corrcoef(x.T)[0, 1].item() - GAN_CORRELATION),
-        "C2ST": _c2st(target.sample((NUM_DRAWS if not quick else 200,)), x[:NUM_DRAWS], quick),
-    }
+    ref = target.sample((NUM_DRAWS if not quick else 200,))
+    out = {}
+    for tag, weights in _WEIGHTS:
+        with torch.no_grad(), weights():
+            x = Predictive(gan, num_samples=1)(n=n)["x"][0]
+        out[f"mean err (sd){tag}"] = ((x.mean(0) - target.mean) / sd).abs().max().item()
+        out[f"sd ratio - 1{tag}"] = (x.std(0) / sd - 1).abs().max().item()
+        out[f"corr err{tag}"] = abs(torch.corrcoef(x.T)[0, 1].item() - GAN_CORRELATION)
+        out[f"C2ST{tag}"] = _c2st(ref, x[: len(ref)], quick)
+    return out
 
 
 def ali_two_moons(optim, steps, seed, quick=False, batch=256):
@@ -128,10 +137,14 @@ def ali_two_moons(optim, steps, seed, quick=False, batch=256):
         svi.step(x)
     _, x_obs = task.observations(1)
     n = 200 if quick else NUM_DRAWS
-    with torch.no_grad():
-        theta = task.posterior(encoder, x_obs).sample((n,)).squeeze(1)
     ref = task.reference_posterior_sample(x_obs[0], n, torch.Generator().manual_seed(1))
-    return {"C2ST": _c2st(ref, theta, quick), "minor crescent": task.minor_crescent_share(theta)}
+    out = {}
+    for tag, weights in _WEIGHTS:
+        with torch.no_grad(), weights():
+            theta = task.posterior(encoder, x_obs).sample((n,)).squeeze(1)
+        out[f"C2ST{tag}"] = _c2st(ref, theta, quick)
+        out[f"minor crescent{tag}"] = task.minor_crescent_share(theta)
+    return out
 
 
 def zoo(name):
