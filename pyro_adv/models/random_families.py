@@ -42,6 +42,7 @@ from pyro_adv.models.sbi_tasks import SBITask
 __all__ = [
     "GaussianTarget",
     "LinearGaussianSimulator",
+    "RandomConjugateGaussian",
     "gaussian_errors",
     "random_conjugate_gaussian",
     "random_correlation",
@@ -124,6 +125,10 @@ def random_gaussian_target(seed, dim=2, dtype=None):
 # --------------------------------------------------------- conjugate linear Gaussian
 RandomConjugateGaussian = namedtuple(
     "RandomConjugateGaussian", ["model", "data", "posterior_loc", "posterior_covariance"]
+)
+RandomConjugateGaussian.__doc__ = (
+    "A conjugate task: ``model`` (a ConjugateGaussian), its ``data`` and the exact "
+    "posterior ``(posterior_loc, posterior_covariance)``."
 )
 
 
