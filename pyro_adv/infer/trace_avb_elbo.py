@@ -123,7 +123,13 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
     :param int discriminator_steps: discriminator updates per step (default 1).
     :param pyro.optim.PyroOptim discriminator_optim: optimizer of extra updates.
     :param str discriminator_prefix: param-store prefix of the discriminators.
+    :param float ema_decay: largest decay of the weight averages the sampling
+        networks use after training (:mod:`pyro_adv.nn.averaging`); ``None``: off.
     """
+
+    #: :func:`~pyro_adv.optim.default_optimizer`'s settings: Adam at 5e-3 for the guide
+    #: and 1e-2 for the discriminator, both decayed 20-fold over the run
+    default_optim_settings = {"lr": 5e-3, "discriminator_lr": 1e-2, "decay": 0.05}
 
     def __init__(
         self,
@@ -138,6 +144,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         discriminator_steps=1,
         discriminator_optim=None,
         discriminator_prefix="discriminator",
+        ema_decay=0.999,
     ):
         if adaptive_contrast not in (True, False, "full", "diagonal"):
             raise ValueError(
@@ -156,6 +163,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             discriminator_steps=discriminator_steps,
             discriminator_optim=discriminator_optim,
             discriminator_prefix=discriminator_prefix,
+            ema_decay=ema_decay,
         )
         self.adaptive_contrast = adaptive_contrast
         self.moment_particles = moment_particles

@@ -141,7 +141,19 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
         ``n_critic``; default 1).
     :param pyro.optim.PyroOptim discriminator_optim: optimizer of the extra updates.
     :param str discriminator_prefix: param-store prefix of the discriminators.
+    :param float ema_decay: largest decay of the weight averages the sampling
+        networks use after training (:mod:`pyro_adv.nn.averaging`); ``None``: off.
     """
+
+    #: :func:`~pyro_adv.optim.default_optimizer`'s settings: the discriminator 4 times
+    #: faster (TTUR), GAN momentum, the generator's rate decayed 10-fold over the run
+    default_optim_settings = {
+        "lr": 1e-3,
+        "discriminator_lr": 4e-3,
+        "decay": 0.1,
+        "decay_discriminator": False,
+        "betas": (0.5, 0.999),
+    }
 
     def __init__(
         self,
@@ -155,6 +167,7 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
         discriminator_steps=1,
         discriminator_optim=None,
         discriminator_prefix="discriminator",
+        ema_decay=0.999,
     ):
         num_particles = check_positive_int(num_particles, "num_particles", "Trace_GAN")
         if condition is not None and not callable(condition):
@@ -167,6 +180,7 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
             discriminator_steps=discriminator_steps,
             discriminator_optim=discriminator_optim,
             discriminator_prefix=discriminator_prefix,
+            ema_decay=ema_decay,
         )
         self.divergence = get_divergence(divergence)
         self.discriminator_spec = discriminator
