@@ -91,7 +91,8 @@ def fitted_proposal_log_likelihood(
     if not torch.is_tensor(draws) or draws.dim() != 3:
         shape = tuple(draws.shape) if torch.is_tensor(draws) else type(draws).__name__
         raise ValueError(
-            f"fitted_proposal_log_likelihood: draws must be a tensor of shape (S, B, D), got {shape}"
+            "fitted_proposal_log_likelihood: draws must be a tensor of shape (S, B, D), "
+            f"got {shape}"
         )
     num_draws, batch, dim = draws.shape
     if num_draws <= dim:
