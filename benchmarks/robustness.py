@@ -4,7 +4,7 @@ default settings of its test, over 5 seeds; how many seeds meet the test's toler
 the worst value of each criterion across the seeds, and the seconds per seed.
 
 The recipes and tolerances are the tests' own, imported from
-``pyro_adv.models.recipes`` (one home for both). Seed ``s`` reseeds Pyro
+``benchmarks.recipes`` (one home for both). Seed ``s`` reseeds Pyro
 before training, so everything drawn from the global random state (initialization,
 minibatches, noise, the GANs' data sets, ALI's simulation bank) changes with it, while
 data a test fixes with its own generator (the conjugate Gaussian's 10 observations, the
@@ -22,7 +22,7 @@ import warnings
 import pyro
 import torch
 
-from pyro_adv.models.recipes import (
+from benchmarks.recipes import (
     TOLERANCES,
     describe_tolerance,
     evaluate_conjugate_gaussian,

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "pyro_adv-checkpoint"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the objective's weight averages
 
 _LOSS_KEYS = ("loss", "generator_loss", "discriminator_loss")
 _ACCURACY_KEYS = ("discriminator_accuracy_real", "discriminator_accuracy_fake")
@@ -199,7 +199,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    from pyro_adv.infer.adversarial import NonFiniteLossError
+    from pyro_adv.infer.checks import NonFiniteLossError
 
     if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps}")
@@ -333,6 +333,7 @@ _STATE_KEYS = {
     "discriminators",
     "guide_buffers",
     "modules",
+    "averages",
     "rng",
 }
 
@@ -462,6 +463,8 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
     * the buffers of the objective's discriminators (their input
       standardization), of the guide if it is a module, and the ``state_dict``
       of each of ``modules``;
+    * the objective's weight averages (:attr:`~pyro_adv.infer.AdversarialObjective.averages`),
+      which the sampling networks use after training;
     * the torch, numpy and Python random states (and CUDA's, where present);
     * the objective's class, ``step``, ``history`` and ``extra`` (tensors,
       numbers, strings, lists, dicts only);
@@ -497,6 +500,7 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
         ),
         "guide_buffers": _buffers(svi.guide) if isinstance(svi.guide, torch.nn.Module) else {},
         "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
+        "averages": _averages_state(objective),
         "rng": _rng_state(),
     }
     payload = _dump(state)
@@ -509,6 +513,29 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
     tmp = f"{path}.tmp"
     torch.save(outer, tmp)
     os.replace(tmp, path)
+
+
+def _averages_state(objective):
+    averages = getattr(objective, "averages", None)
+    return None if averages is None else averages.state_dict()
+
+
+def _check_averages(state, objective, params):
+    if state is None:
+        return
+    averages = getattr(objective, "averages", None)
+    if averages is None:
+        raise CheckpointError(
+            "the checkpoint has weight averages but the objective keeps none (ema_decay=None); "
+            "build the objective as in the saved run"
+        )
+    if not isinstance(state, dict) or not isinstance(state.get("shadows"), dict):
+        raise CheckpointError("malformed weight averages in the checkpoint")
+    for name, shadow in state["shadows"].items():
+        if name not in params or params[name].shape != shadow.shape:
+            raise CheckpointError(
+                f"the checkpoint's weight average of {name!r} matches no param of that shape"
+            )
 
 
 def _read(path, map_location):
@@ -650,6 +677,7 @@ def load_checkpoint(path, svi, *args, modules=None, restore_rng=True, map_locati
                 "the checkpoint has the state of a discriminator_optim given to the objective; "
                 "pass the same discriminator_optim to it"
             )
+    _check_averages(state["averages"], objective, params)
     if restore_rng and not (isinstance(state["rng"], dict) and "torch" in state["rng"]):
         raise CheckpointError("malformed random state in the checkpoint")
 
@@ -674,6 +702,9 @@ def load_checkpoint(path, svi, *args, modules=None, restore_rng=True, map_locati
                 objective.use_optimizer_of(svi)
         if state["discriminator_optim"] is not None:
             _set_optim_state(objective.discriminator_optim, state["discriminator_optim"])
+    if state["averages"] is not None:
+        objective.averages.load_state_dict(state["averages"])
+        objective.averages.rebind(params)
     if restore_rng:
         _set_rng_state(state["rng"])
     return {"step": state["step"], "history": state["history"], "extra": state["extra"]}

@@ -18,6 +18,7 @@ from pyro_adv.training import (
     NonFiniteLossWarning,
     fit,
     load_checkpoint,
+    objective_of,
     save_checkpoint,
 )
 
@@ -131,12 +132,19 @@ def _params():
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
+def _averages(svi):
+    averages = getattr(objective_of(svi), "averages", None)
+    return None if averages is None else averages.state_dict()
+
+
 @pytest.mark.parametrize("kind", ["trace_elbo", "avb"])
 def test_checkpoint_resumes_exactly(kind, data, tmp_path):
     k = 15
     pyro.set_rng_seed(123)
-    fit(_make_svi(kind), 2 * k, data, progress=False)
+    first = _make_svi(kind)
+    fit(first, 2 * k, data, progress=False)
     uninterrupted = _params()
+    uninterrupted_averages = _averages(first)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(123)
@@ -158,6 +166,13 @@ def test_checkpoint_resumes_exactly(kind, data, tmp_path):
         assert any(name.startswith("discriminator_") for name in params)
     for name in params:
         assert torch.equal(params[name], uninterrupted[name]), name
+    if kind == "avb":
+        # the weight averages were saved and restored, and went on as uninterrupted
+        averages = _averages(svi)
+        assert averages["num_updates"] == 2 * k
+        assert averages["shadows"].keys() == uninterrupted_averages["shadows"].keys()
+        for name, shadow in averages["shadows"].items():
+            assert torch.equal(shadow, uninterrupted_averages["shadows"][name]), name
 
 
 def test_checkpoint_is_weights_only_and_checks_input(data, tmp_path):

@@ -6,10 +6,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Predictive, Trace_ELBO
 
-from pyro_adv.infer import NonFiniteLossError, TraceAVB_ELBO, is_discriminator_param
-from pyro_adv.infer.autoguide import AutoImplicit
-from pyro_adv.models import ConjugateGaussian
-from pyro_adv.models.recipes import (
+from benchmarks.recipes import (
     evaluate_conjugate_gaussian,
     evaluate_exponential,
     evaluate_gamma_poisson,
@@ -18,6 +15,9 @@ from pyro_adv.models.recipes import (
     fit_exponential_avb,
     fit_gamma_poisson,
 )
+from pyro_adv.infer import NonFiniteLossError, TraceAVB_ELBO, is_discriminator_param
+from pyro_adv.infer.autoguide import AutoImplicit
+from pyro_adv.models import ConjugateGaussian
 from pyro_adv.nn import ImplicitEncoder
 
 
@@ -169,7 +169,7 @@ def test_nan_names_the_player():
 def test_exponential_posterior_amortized_encoder():
     """Thesis 4.2.1, amortized over observations from 0.25 to 40, queried at x = 1 and 30."""
     fitted = fit_exponential_avb()
-    # the tolerances, and the known gap at x=30, are in pyro_adv.models.recipes.TOLERANCES
+    # the tolerances, and the known gap at x=30, are in benchmarks.recipes.TOLERANCES
     errors, _ = evaluate_exponential(fitted.encoder, num_samples=5000)
     assert not failures("exponential_avb", errors), errors
 
