@@ -122,7 +122,7 @@ def _make_svi(kind):
     cg = ConjugateGaussian()
     if kind == "avb":
         guide = AutoImplicit(cg.model, hidden_dims=(16,))
-        objective = TraceAVB_ELBO(num_particles=8, discriminator_hidden_dims=(16,))
+        objective = TraceAVB_ELBO(num_particles=8, discriminator_hidden_dims=(16,), ema_decay=0.999)
     else:
         guide = AutoNormal(cg.model)
         objective = Trace_ELBO()
