@@ -32,10 +32,10 @@ import pyro
 import torch
 from pyro.infer import SVI, Predictive
 
+from benchmarks import recipes
 from pyro_adv.diagnostics import mode_coverage
 from pyro_adv.infer import Trace_GAN, TraceAVB_ELBO
 from pyro_adv.infer.autoguide import AutoImplicit
-from pyro_adv.models import recipes
 from pyro_adv.models.conjugate import ConjugateGaussian
 from pyro_adv.models.gan_targets import (
     BIVARIATE_CORRELATION,

@@ -33,10 +33,10 @@ from pyro.infer import SVI
 from pyro.poutine.messenger import Messenger
 from torch.optim.swa_utils import AveragedModel
 
+from benchmarks.recipes import ali_adam
 from pyro_adv.diagnostics import c2st, moment_errors
 from pyro_adv.infer import Trace_ALI, TraceAVB_ELBO, simulate
 from pyro_adv.models import GAUSSIAN_LINEAR, TWO_MOONS, TwoMoons
-from pyro_adv.models.recipes import ali_adam
 from pyro_adv.nn import ImplicitEncoder
 from pyro_adv.optim import two_timescale_adam
 from pyro_adv.training import fit

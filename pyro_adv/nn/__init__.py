@@ -1,5 +1,6 @@
 """Networks for adversarial inference: generators, implicit encoders, discriminators."""
 
+from pyro_adv.nn.averaging import ParameterEMA, raw_weights
 from pyro_adv.nn.discriminators import Discriminator, PackedDiscriminator, PairDiscriminator
 from pyro_adv.nn.generators import ImplicitEncoder, MLPGenerator
 from pyro_adv.nn.mixture import MixtureMLP, component_index
@@ -13,6 +14,8 @@ __all__ = [
     "MixtureMLP",
     "PackedDiscriminator",
     "PairDiscriminator",
+    "ParameterEMA",
     "component_index",
     "get_activation",
+    "raw_weights",
 ]

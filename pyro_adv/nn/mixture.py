@@ -32,6 +32,7 @@ import math
 import torch
 from torch import nn
 
+from pyro_adv.nn.averaging import averaged_value
 from pyro_adv.nn.mlp import MLP
 
 __all__ = ["MixtureMLP", "component_index"]
@@ -114,6 +115,15 @@ class MixtureMLP(nn.Module):
         else:
             self.offsets = None
 
+    @property
+    def use_averages(self):
+        """Sample with the weight averages an objective keeps (see :mod:`pyro_adv.nn.averaging`)."""
+        return self.net.use_averages
+
+    @use_averages.setter
+    def use_averages(self, value):
+        self.net.use_averages = value
+
     def component(self, x):
         """The component index of each input row."""
         return component_index(x[..., self.selector], self.num_components)
@@ -129,4 +139,5 @@ class MixtureMLP(nn.Module):
         k = self.component(x)
         dtype = self.net.net[0].weight.dtype
         code = nn.functional.one_hot(k, self.num_components).to(dtype)
-        return self.net(torch.cat([x.to(dtype), code], -1)) + self.offsets[k]
+        offsets = averaged_value(self.offsets) if self.use_averages else self.offsets
+        return self.net(torch.cat([x.to(dtype), code], -1)) + offsets[k]

@@ -18,11 +18,11 @@ import pytest
 import torch
 from pyro.infer import SVI, Predictive
 
+from benchmarks.recipes import avb_default_adam, draw_guide, gan_adam, no_guide
 from pyro_adv.diagnostics import mode_coverage
 from pyro_adv.infer import Trace_GAN, TraceAVB_ELBO
 from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.models.gan_targets import gan_2d
-from pyro_adv.models.recipes import avb_default_adam, draw_guide, gan_adam, no_guide
 from pyro_adv.models.zoo import Bimodal
 from pyro_adv.nn import Discriminator, MLPGenerator
 
