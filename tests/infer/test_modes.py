@@ -9,9 +9,9 @@ Issue 11, item 5: separated modes with small honest budgets.
   test fails without the mechanism (at 600 steps 4 of 4 seeds gave 0.00 or 1.00).
 * A GAN on four separated modes (sd 0.05 at the corners of a square of side 3): a
   mixture generator (``MLPGenerator(num_components=4)``) covers all four, in equal
-  shares, with mostly high-quality points (measured: 4 modes, 87.8% high quality,
-  reverse KL 0.006). The same run with one component covers 2 modes with 30.7% high
-  quality (reverse KL 1.25), so the test fails without the mechanism.
+  shares, with mostly high-quality points (measured: 4 modes, 76% high quality,
+  reverse KL 0.024). The same run with one component covers 2 modes with 29% high
+  quality (reverse KL 1.20), so the test fails without the mechanism.
 """
 
 import pytest
