@@ -17,6 +17,7 @@ from pyro_adv.diagnostics.importance import (
 from pyro_adv.diagnostics.sbc import SBCResult, ecdf_confidence_band, rank_uniformity_test, sbc
 from pyro_adv.diagnostics.two_sample import (
     c2st,
+    c2st_sbibm,
     energy_distance,
     mmd,
     moment_errors,
@@ -27,6 +28,7 @@ __all__ = [
     "ImportanceDiagnostics",
     "SBCResult",
     "c2st",
+    "c2st_sbibm",
     "diagnose_guide",
     "ecdf_confidence_band",
     "effective_sample_size",
