@@ -49,6 +49,7 @@ __all__ = [
     "GAUSSIAN_MIXTURE",
     "NPE_C2ST_10K",
     "OBSERVATION_SEED",
+    "PUBLISHED_BUDGETS",
     "PUBLISHED_C2ST",
     "SBI_TASKS",
     "SLCP",
