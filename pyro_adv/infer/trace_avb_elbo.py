@@ -7,17 +7,18 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_adv.distributions.implicit import is_implicit
-from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses
 from pyro_adv.infer.contrast import conditional_gaussian
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.particles import ParticleTraces
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
-    flat_features,
     group_implicit_sites,
+    join_features,
+    latent_features,
     particle_sum,
-    unconstrained,
+    per_particle_features,
     upstream_sites,
 )
 from pyro_adv.nn.discriminators import Discriminator, PairDiscriminator
@@ -277,9 +278,14 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         # the range of logits it produced on its own training draws it extrapolates,
         # and a tail draw's weight would then be the network's guess (k-hat alarms on
         # good fits came from there).
-        self._last_log_weights = (log_p - log_q_explicit - log_q_bounded).detach()
-        self._last_log_weights_unbounded = elbo_particles.detach()
-        return loss, loss, d_loss, stats
+        return StepLosses(
+            loss,
+            loss,
+            d_loss,
+            stats,
+            log_weights=(log_p - log_q_explicit - log_q_bounded).detach(),
+            log_weights_unbounded=elbo_particles.detach(),
+        )
 
     # ---------------------------------------------------------------- features
     def _group_value(self, group, guide_trace, model_trace):
@@ -290,32 +296,23 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         flattened over its own plates, never copied across another site's plates.
         """
         nesting = self.max_plate_nesting
-        parts, ladj = [], 0.0
-        for site_name in group.names:
-            u, u_event_dim, site_ladj = unconstrained(
-                guide_trace.nodes[site_name], model_trace.nodes[site_name]
-            )
-            parts.append(flat_features(u, u_event_dim, nesting))
+        parts, ladjs = latent_features(group.names, guide_trace, model_trace, nesting)
+        ladj = 0.0
+        for site_name, site_ladj in zip(group.names, ladjs):
             site_ladj = site_ladj * guide_trace.nodes[site_name]["scale"]
             ladj = ladj + particle_sum(site_ladj, nesting, 0)
         if group.joint is not None:
-            return _per_particle(parts), ladj
-        return _join(*parts), ladj
+            return per_particle_features(parts), ladj
+        return join_features(*parts), ladj
 
     def _upstream_value(self, group, upstream, guide_trace, model_trace):
         """The upstream latents' unconstrained values laid out like the group's value."""
         if not upstream:
             return None
-        nesting = self.max_plate_nesting
-        parts = []
-        for site_name in upstream:
-            u, u_event_dim, _ = unconstrained(
-                guide_trace.nodes[site_name], model_trace.nodes[site_name]
-            )
-            parts.append(flat_features(u, u_event_dim, nesting))
+        parts, _ = latent_features(upstream, guide_trace, model_trace, self.max_plate_nesting)
         if group.joint is not None:
-            return _per_particle(parts)
-        return _join(*parts)
+            return per_particle_features(parts)
+        return join_features(*parts)
 
     # ------------------------------------------------------------ the two games
     def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
@@ -341,7 +338,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         z = whiten(u, up)
         log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
         terms = self._discriminate(
-            group, z, _join(context, up), real, fake, _join(context, real_up)
+            group, z, join_features(context, up), real, fake, join_features(context, real_up)
         )
         return terms._replace(
             log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
@@ -353,7 +350,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         the model's prior given the same upstream latents; its logit estimates
         ``log q_u - log p_u``.
         """
-        ctx = _join(context, up)
+        ctx = join_features(context, up)
         return self._discriminate(group, u, ctx, u.detach(), prior_u, ctx)
 
     def _discriminate(self, group, z, ctx, real, fake, real_ctx):
@@ -374,7 +371,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             def expand(c, v):
                 return c.expand(torch.broadcast_shapes(c.shape[:-1], v.shape[:-1]) + c.shape[-1:])
 
-            example = _join(real_ctx, real)
+            example = join_features(real_ctx, real)
             disc = self.discriminator(group.key, example, make)
             real_logits = disc(expand(real_ctx, real), real.detach())
             fake_logits = disc(expand(real_ctx, fake), fake)
@@ -409,8 +406,9 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         :returns: a tensor of shape ``(num_samples,)``.
         """
         #: statistics of the latest diagnostic evaluation (not of a training step)
-        self.diagnostic_stats = self._evaluate(model, guide, args, kwargs, num_samples)[3]
-        return self._last_log_weights if bounded else self._last_log_weights_unbounded
+        result = self._evaluate(model, guide, args, kwargs, num_samples)
+        self.diagnostic_stats = result.stats
+        return result.log_weights if bounded else result.log_weights_unbounded
 
 
 class _GroupTerms(NamedTuple):
@@ -424,21 +422,6 @@ class _GroupTerms(NamedTuple):
     loss: torch.Tensor
     accuracies: tuple
     extrapolated: float
-
-
-def _per_particle(parts):
-    """Padded parts flattened to one row per particle (dim 0) and concatenated."""
-    rows = max(p.shape[0] for p in parts)
-    return torch.cat([p.expand((rows,) + p.shape[1:]).reshape(rows, -1) for p in parts], -1)
-
-
-def _join(*parts):
-    """The parts that are not ``None``, batch dims broadcast, joined on the feature dim."""
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
-    return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], -1)
 
 
 def _mean(x):
