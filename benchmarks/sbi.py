@@ -119,7 +119,7 @@ SETTINGS["two_moons"] = {
         beta0=1e-3,
     ),
 }
-QUICK = dict(steps=10, batch=16, budget=500, observations=2, c2st_samples=100, c2st_steps=50)
+QUICK = dict(steps=10, batch=16, budget=500, observations=1, c2st_samples=100, c2st_steps=50)
 HIDDEN = (128, 128)
 #: draws of observation 1 kept per cell for the figure
 FIGURE_DRAWS = 1000
