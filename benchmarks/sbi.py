@@ -51,10 +51,10 @@ from pyro.infer import SVI
 from pyro.poutine.messenger import Messenger
 from torch.optim.swa_utils import AveragedModel
 
+from benchmarks.recipes import ali_adam
 from pyro_adv.diagnostics import c2st, c2st_sbibm, moment_errors
 from pyro_adv.infer import Trace_ALI, TraceAVB_ELBO
 from pyro_adv.models import SBI_TASKS, TwoMoons, load_sbibm
-from pyro_adv.models.recipes import ali_adam
 from pyro_adv.models.sbi_tasks import PUBLISHED_BUDGETS
 from pyro_adv.nn import ImplicitEncoder
 from pyro_adv.optim import two_timescale_adam

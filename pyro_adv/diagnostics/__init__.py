@@ -1,6 +1,7 @@
 """
 Diagnostics for implicit and explicit guides: ArviZ export, importance
-diagnostics (Pareto k-hat) from density ratios, simulation-based calibration and
+diagnostics (Pareto k-hat) from density ratios, held-out log-likelihood from any
+encoder's draws, simulation-based calibration and
 two-sample metrics against reference samples.
 """
 
@@ -14,6 +15,10 @@ from pyro_adv.diagnostics.importance import (
     log_evidence,
     psis,
 )
+from pyro_adv.diagnostics.likelihood import (
+    LogLikelihoodEstimate,
+    fitted_proposal_log_likelihood,
+)
 from pyro_adv.diagnostics.sbc import SBCResult, ecdf_confidence_band, rank_uniformity_test, sbc
 from pyro_adv.diagnostics.two_sample import (
     c2st,
@@ -26,6 +31,7 @@ from pyro_adv.diagnostics.two_sample import (
 
 __all__ = [
     "ImportanceDiagnostics",
+    "LogLikelihoodEstimate",
     "SBCResult",
     "c2st",
     "c2st_sbibm",
@@ -33,6 +39,7 @@ __all__ = [
     "ecdf_confidence_band",
     "effective_sample_size",
     "energy_distance",
+    "fitted_proposal_log_likelihood",
     "importance_diagnostics",
     "importance_log_weights",
     "log_evidence",

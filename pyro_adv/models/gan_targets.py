@@ -31,7 +31,7 @@ from scipy import optimize, special
 from torch.distributions import constraints
 
 from pyro_adv.distributions.implicit import ImplicitDistribution
-from pyro_adv.infer.divergences import Wasserstein, get_divergence
+from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.nn.generators import MLPGenerator
 
 __all__ = [
@@ -213,23 +213,24 @@ def divergence_1d(divergence, log_p, log_q, grid, cdf_p=None, cdf_q=None):
     A divergence between two one-dimensional densities by quadrature on ``grid``
     (trapezoid rule), in the convention of :mod:`pyro_adv.infer.divergences`:
     :math:`D_f(p \| q) = \int q\, f(p / q)\, dx` with ``p`` the data and ``q`` the
-    generator. The Wasserstein-1 distance is :math:`\int |F_p - F_q|\, dx` and needs
-    the CDFs.
+    generator. Divergences with ``needs_cdfs`` (Wasserstein-1,
+    :math:`\int |F_p - F_q|\, dx`) are computed from the CDFs instead.
 
     :param divergence: a name or :class:`~pyro_adv.infer.divergences.Divergence`.
     :param numpy.ndarray log_p: :math:`\log p` on ``grid``.
     :param numpy.ndarray log_q: :math:`\log q` on ``grid``.
     :param numpy.ndarray grid: increasing abscissae covering both densities.
-    :param numpy.ndarray cdf_p: :math:`F_p` on ``grid`` (Wasserstein only).
-    :param numpy.ndarray cdf_q: :math:`F_q` on ``grid`` (Wasserstein only).
+    :param numpy.ndarray cdf_p: :math:`F_p` on ``grid`` (divergences with ``needs_cdfs`` only).
+    :param numpy.ndarray cdf_q: :math:`F_q` on ``grid`` (divergences with ``needs_cdfs`` only).
     :rtype: float
     """
     divergence = get_divergence(divergence)
     grid = np.asarray(grid, dtype=float)
-    if isinstance(divergence, Wasserstein):
+    if divergence.needs_cdfs:
         if cdf_p is None or cdf_q is None:
-            raise ValueError("the Wasserstein distance needs cdf_p and cdf_q")
-        return float(np.trapezoid(np.abs(np.asarray(cdf_p) - np.asarray(cdf_q)), grid))
+            raise ValueError(f"the {divergence.name} divergence needs cdf_p and cdf_q")
+        cdfs = [torch.as_tensor(np.asarray(c, dtype=float)) for c in (cdf_p, cdf_q, grid)]
+        return float(divergence.from_cdfs(*cdfs))
     log_p = torch.as_tensor(np.asarray(log_p, dtype=float))
     log_q = torch.as_tensor(np.asarray(log_q, dtype=float))
     log_ratio = (log_p - log_q).clamp(-_LOG_RATIO_CLIP, _LOG_RATIO_CLIP)

@@ -1,5 +1,6 @@
 """Networks for adversarial inference: generators, implicit encoders, discriminators."""
 
+from pyro_adv.nn.averaging import ParameterEMA, raw_weights
 from pyro_adv.nn.discriminators import Discriminator, PairDiscriminator
 from pyro_adv.nn.generators import ImplicitEncoder, MLPGenerator
 from pyro_adv.nn.mlp import MLP, get_activation
@@ -10,5 +11,7 @@ __all__ = [
     "ImplicitEncoder",
     "MLPGenerator",
     "PairDiscriminator",
+    "ParameterEMA",
     "get_activation",
+    "raw_weights",
 ]

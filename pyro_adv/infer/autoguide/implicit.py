@@ -8,6 +8,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch.distributions import biject_to
 
 from pyro_adv.distributions.implicit import ImplicitDistribution, ImplicitValue
+from pyro_adv.nn.averaging import averaged_value, raw_weights
 from pyro_adv.nn.mlp import MLP
 
 __all__ = ["AutoImplicit"]
@@ -42,6 +43,10 @@ class AutoImplicit(AutoContinuous):
     Using it with :class:`~pyro.infer.Trace_ELBO` raises an error that names the
     adversarial objectives.
 
+    Outside training it samples with the weight average its objective keeps
+    (:mod:`pyro_adv.nn.averaging`); set ``guide.use_averages = False`` for the
+    raw weights.
+
     :param callable model: a Pyro model with continuous latents.
     :param int noise_dim: width of the noise (default ``latent_dim + 1``).
     :param tuple hidden_dims: hidden widths of the sampler network.
@@ -50,6 +55,8 @@ class AutoImplicit(AutoContinuous):
         :mod:`pyro.infer.autoguide.initialization`); the sampler starts centred there.
     :param float init_scale: initial spread of the samples in unconstrained space.
     """
+
+    use_averages = True
 
     def __init__(
         self,
@@ -104,14 +111,20 @@ class AutoImplicit(AutoContinuous):
             device=init.device,
             dtype=init.dtype,
         )
+        self.sampler.use_averages = True
         self.register_buffer("_noise_loc", init.new_zeros(self.noise_dim))
 
     def get_posterior(self, *args, **kwargs):
         """The joint implicit posterior over the packed unconstrained latent vector."""
         noise = dist.Normal(self._noise_loc, 1.0).to_event(1)
-        return ImplicitDistribution(
-            lambda eps: self.loc + self.sampler(eps), noise, event_shape=(self.latent_dim,)
-        )
+        return ImplicitDistribution(self._generate, noise, event_shape=(self.latent_dim,))
+
+    def _generate(self, eps):
+        # the weight averages outside training (see pyro_adv.nn.averaging)
+        if not self.use_averages:
+            with raw_weights():
+                return self.loc + self.sampler(eps)
+        return averaged_value(self.loc) + self.sampler(eps)
 
     def forward(self, *args, **kwargs):
         """
