@@ -23,6 +23,7 @@ from pyro_adv.diagnostics.modes import ModeCoverage, mode_coverage
 from pyro_adv.diagnostics.sbc import SBCResult, ecdf_confidence_band, rank_uniformity_test, sbc
 from pyro_adv.diagnostics.two_sample import (
     c2st,
+    c2st_sbibm,
     energy_distance,
     mmd,
     moment_errors,
@@ -35,6 +36,7 @@ __all__ = [
     "ModeCoverage",
     "SBCResult",
     "c2st",
+    "c2st_sbibm",
     "diagnose_guide",
     "ecdf_confidence_band",
     "effective_sample_size",
