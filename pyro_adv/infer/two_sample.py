@@ -10,27 +10,28 @@ class TwoSampleGame:
     """
     Mixin of the objectives that play a two-sample game, :class:`Trace_GAN` and
     :class:`Trace_ALI`: each group of sites has a discriminator that separates
-    "real" from "fake" samples under ``self.divergence``, and the step's losses,
+    samples of the p side (data, simulations) from samples of the q
+    side (model, guide) under ``self.divergence``, and the step's losses,
     divergence estimate and accuracies are summed over the groups. Use it before
     :class:`~pyro_adv.infer.adversarial.AdversarialObjective` in the bases.
     """
 
-    def _game_add(self, totals, real_logits, fake_logits, penalty, generator_loss):
+    def _game_add(self, totals, p_logits, q_logits, penalty, generator_loss):
         """
         Adds one discriminator group of a two-sample game (GAN, ALI) to ``totals``, a
         dict started empty: both players' losses, the penalty, the divergence estimate
         and the discriminator's accuracy on each side.
         """
         div = self.divergence
-        d_loss = _add(totals.get("d_loss"), div.discriminator_loss(real_logits, fake_logits))
+        d_loss = _add(totals.get("d_loss"), div.discriminator_loss(p_logits, q_logits))
         totals["d_loss"] = d_loss + penalty
         totals["penalty"] = _add(totals.get("penalty"), penalty.detach())
         totals["g_loss"] = _add(totals.get("g_loss"), generator_loss)
-        estimate = div.estimate(real_logits, fake_logits).detach()
+        estimate = div.estimate(p_logits, q_logits).detach()
         totals["estimate"] = _add(totals.get("estimate"), estimate)
-        a_real, a_fake = div.accuracy(real_logits, fake_logits)
-        totals.setdefault("acc_real", []).append(a_real)
-        totals.setdefault("acc_fake", []).append(a_fake)
+        a_p, a_q = div.accuracy(p_logits, q_logits)
+        totals.setdefault("acc_p", []).append(a_p)
+        totals.setdefault("acc_q", []).append(a_q)
 
     def _game_result(self, totals):
         """``_losses``'s return value from the ``totals`` of :meth:`_game_add`."""
@@ -41,8 +42,8 @@ class TwoSampleGame:
                 "loss": estimate,
                 "generator_loss": g_loss.detach(),
                 "discriminator_loss": d_loss.detach(),
-                "discriminator_accuracy_real": MeanOf(totals["acc_real"]),
-                "discriminator_accuracy_fake": MeanOf(totals["acc_fake"]),
+                "discriminator_accuracy_p": MeanOf(totals["acc_p"]),
+                "discriminator_accuracy_q": MeanOf(totals["acc_q"]),
                 "divergence": estimate,
             }
         )
