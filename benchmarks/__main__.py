@@ -37,6 +37,7 @@ TABLES = {
     "zoo": ("Table 6: the model zoo, every method against reference posteriors", "zoo"),
     "importance": ("Table 7: importance diagnostics from AVB's discriminator", "importance"),
     "distributed": ("Table 8: data-parallel scaling, 1 and 2 ranks", "distributed"),
+    "modes": ("Table 9: separated modes (GAN mode coverage, a bimodal posterior)", "modes"),
 }
 
 
