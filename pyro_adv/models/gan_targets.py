@@ -8,6 +8,11 @@ exact references.
 * The mixture of section 3.3.2.1, :math:`p = \tfrac12 N(1, 0.3^2) + \tfrac12 N(3, 0.3^2)`,
   fitted by the location-scale generator :math:`G(z) = \mu + \sigma z`,
   :math:`z \sim N(0, 1)`, i.e. :math:`q = N(\mu, \sigma^2)`.
+* The mode-collapse benchmarks of VEEGAN (Srivastava et al. 2017) and PacGAN (Lin
+  et al. 2018): 8 Gaussians on a ring of radius 2 with sd 0.02
+  (:func:`sample_ring`) and 25 on the grid :math:`\{-4, -2, 0, 2, 4\}^2` with sd
+  0.05 (:func:`sample_grid`), equal weights; their mode centres feed
+  :func:`pyro_adv.diagnostics.mode_coverage`.
 * Exact divergences between one-dimensional densities by quadrature, and the exact
   minimizer over :math:`(\mu, \sigma)` of each divergence of
   :mod:`pyro_adv.infer.divergences` (:func:`exact_divergence_optimum`): the number a
@@ -42,7 +47,15 @@ __all__ = [
     "MIXTURE_LOCS",
     "MIXTURE_SCALE",
     "MIXTURE_WEIGHTS",
+    "GRID_SD",
+    "RING_RADIUS",
+    "RING_SD",
     "DivergenceOptimum",
+    "grid_centres",
+    "ring_centres",
+    "sample_grid",
+    "sample_ring",
+    "gan_2d",
     "bivariate_normal_target",
     "sample_bivariate_normal",
     "bivariate_normal_gan",
@@ -115,6 +128,68 @@ def bivariate_normal_gan(generator=None):
             )
 
     return gan
+
+
+def gan_2d(generator, noise_dim=2):
+    r"""
+    A GAN sampler of points in the plane as a Pyro model: :math:`x = G(\epsilon)`,
+    :math:`\epsilon \sim N(0, I)` of width ``noise_dim``, observed at site ``"x"``.
+    Returns ``gan(data=None, n=1000, batch_size=None)`` as :func:`bivariate_normal_gan`.
+
+    :param torch.nn.Module generator: maps noise ``(..., noise_dim)`` to points ``(..., 2)``.
+    """
+
+    def gan(data=None, n=1000, batch_size=None):
+        pyro.module("generator", generator)
+        n = data.shape[0] if data is not None else n
+        with pyro.plate("data", n, subsample_size=batch_size) as ind:
+            noise = dist.Normal(0.0, 1.0).expand([len(ind), noise_dim]).to_event(1)
+            pyro.sample(
+                "x",
+                ImplicitDistribution(generator, noise),
+                obs=None if data is None else data[ind],
+            )
+
+    return gan
+
+
+# ------------------------------------------------------ ring and grid of modes
+#: radius of the ring of 8 modes (VEEGAN, PacGAN)
+RING_RADIUS = 2.0
+#: standard deviation of each ring mode
+RING_SD = 0.02
+#: standard deviation of each grid mode
+GRID_SD = 0.05
+
+
+def ring_centres(num_modes=8, radius=RING_RADIUS, dtype=None, device=None):
+    """The ``(num_modes, 2)`` centres of the ring, equally spaced from angle 0."""
+    angle = torch.arange(num_modes, dtype=dtype or torch.get_default_dtype(), device=device)
+    angle = angle * (2 * math.pi / num_modes)
+    return radius * torch.stack([angle.cos(), angle.sin()], -1)
+
+
+def grid_centres(dtype=None, device=None):
+    r"""The ``(25, 2)`` centres of the grid :math:`\{-4, -2, 0, 2, 4\}^2`."""
+    axis = torch.arange(-4.0, 5.0, 2.0, dtype=dtype or torch.get_default_dtype(), device=device)
+    return torch.cartesian_prod(axis, axis)
+
+
+def _sample_modes(centres, sd, n):
+    k = torch.randint(len(centres), (n,), device=centres.device)
+    return centres[k] + sd * torch.randn(
+        n, centres.shape[-1], dtype=centres.dtype, device=centres.device
+    )
+
+
+def sample_ring(n, dtype=None, device=None):
+    """``n`` draws from the equal mixture of 8 Gaussians (sd 0.02) on the ring of radius 2."""
+    return _sample_modes(ring_centres(dtype=dtype, device=device), RING_SD, n)
+
+
+def sample_grid(n, dtype=None, device=None):
+    """``n`` draws from the equal mixture of 25 Gaussians (sd 0.05) on the 5 x 5 grid."""
+    return _sample_modes(grid_centres(dtype=dtype, device=device), GRID_SD, n)
 
 
 # ------------------------------------------------------------------- mixture
