@@ -33,9 +33,8 @@ from pyro.infer import SVI, Predictive
 
 from pyro_adv.diagnostics.two_sample import c2st
 from pyro_adv.infer import Trace_ALI, Trace_GAN, TraceAVB_ELBO
-from pyro_adv.infer.autoguide import AutoImplicit
+from pyro_adv.infer.autoguide import AutoImplicit, amortized_guide
 from pyro_adv.models.exponential import (
-    amortized_guide,
     exact_posterior_moments,
     exact_posterior_sample,
     exponential_model,
