@@ -32,7 +32,10 @@ TABLES = {
     "overhead": ("Table 4: overhead of SVI + TraceAVB_ELBO", "overhead"),
     "robustness": ("Table 5: robustness over seeds", "robustness"),
     "zoo": ("Table 6: the model zoo, every method against reference posteriors", "zoo"),
-    "importance": ("Table 7: importance diagnostics from AVB's discriminator", "importance"),
+    "importance": (
+        "Table 7: importance diagnostics from AVB's and ALI's discriminators",
+        "importance",
+    ),
     "distributed": ("Table 8: data-parallel scaling, 1 and 2 ranks", "distributed"),
 }
 
