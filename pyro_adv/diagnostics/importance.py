@@ -25,6 +25,15 @@ evidence. Explicit guides give exact weights. From the weights:
 * **Evidence** :math:`\log \hat p(x) = \log \frac1S \sum_s w_s`, a stochastic
   lower bound on :math:`\log p(x)` in expectation (Burda et al. 2016).
 
+:math:`\hat k` reads the *shape* of the largest weights, whatever their scale. For a
+good guide the weights are nearly constant, and a discriminator's estimate of them
+then carries its own error's shape: a few tenths of a nat at the guide's extreme
+draws can read as :math:`\hat k > 1` (measured: Table 7). So weights estimated by a
+discriminator come with a *resolution* in nats, and where every weight of the PSIS
+tail lies within it of the tail's threshold (a tail flat as far as the weights can
+tell), :math:`\hat k` is capped at 0 (see :func:`importance_diagnostics`). Guides
+that miss posterior mass have tails spanning many nats and are not affected.
+
 The core functions take a plain tensor of log weights, so they work with any
 source of weights.
 """
@@ -185,6 +194,11 @@ class ImportanceDiagnostics:
 
     def __repr__(self):
         verdict = "reliable" if self.reliable else "UNRELIABLE"
+        if self.khat != self.khat_psis and self.khat_psis == self.khat_psis:
+            verdict += (
+                f"; PSIS {self.khat_psis:.2f} on a tail flat within the weights' resolution "
+                f"({self.tail_span:.2f} <= {self.resolution:.2f} nats)"
+            )
         if math.isnan(self.log_evidence):
             return (
                 f"ImportanceDiagnostics(khat={self.khat:.3f} [{verdict}], ess={self.ess:.1f}/"
@@ -340,6 +354,9 @@ def diagnose_guide(model, guide, *args, num_samples=1000, objective=None, seed=N
 
     With a :class:`~pyro_adv.infer.Trace_ALI` objective the weights are known up
     to a constant: :math:`\hat k` and the ESS are reported, the evidence is NaN.
+    With an objective, the resolution of its estimated weights
+    (``objective.diagnostic_stats["log_weight_resolution"]``) goes to
+    :func:`importance_diagnostics`.
 
     :rtype: ImportanceDiagnostics
     """

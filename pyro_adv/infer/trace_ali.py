@@ -740,7 +740,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         #: statistics of the latest diagnostic evaluation (not of a training step)
         self.diagnostic_stats = dict(
             stats,
-            extrapolated_draws=int(outside.sum().item()) if torch.is_tensor(outside) else 0,
+            extrapolated_draws=int((outside > 0).sum().item()) if torch.is_tensor(outside) else 0,
             log_weight_resolution=self.LOG_WEIGHT_RESOLUTION,
         )
         return self._last_log_ratio_bounded if bounded else self._last_log_ratio
