@@ -199,7 +199,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    from pyro_adv.infer.adversarial import NonFiniteLossError
+    from pyro_adv.infer.checks import NonFiniteLossError
 
     if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps}")

@@ -9,157 +9,32 @@ optimizer updates both, since discriminators are registered in Pyro's param
 store with :func:`pyro.module` under their own prefix.
 """
 
-import contextlib
-import functools
-import inspect
 import math
 import warnings
+from typing import NamedTuple, Optional
 
 import pyro
 import pyro.optim
 import pyro.poutine as poutine
 import torch
 from pyro.infer.elbo import ELBO
-from pyro.poutine.util import site_is_subsample
 from torch.func import functional_call
+
+from pyro_adv.infer.checks import (
+    NonFiniteLossError,
+    ObjectiveRebuiltWarning,
+    StepChecks,
+    check_positive_int,
+)
 
 __all__ = [
     "AdversarialObjective",
-    "NonFiniteLossError",
-    "ObjectiveMismatchWarning",
-    "ObjectiveRebuiltWarning",
-    "ZeroGradientWarning",
-    "check_discriminator_spec",
-    "check_positive_int",
+    "StepLosses",
     "is_discriminator_param",
 ]
 
 #: Default prefix of discriminator modules in the param store.
 DISCRIMINATOR_PREFIX = "discriminator"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A player's loss became NaN or infinite during adversarial training."""
-
-
-class ObjectiveMismatchWarning(UserWarning):
-    """An objective is used on a different model, guide or set of sites than before."""
-
-
-class ObjectiveRebuiltWarning(ObjectiveMismatchWarning):
-    """An objective was trained on a different model, guide or set of sites and rebuilt."""
-
-
-class ZeroGradientWarning(UserWarning):
-    """A parameter that should learn got an all-zero (or no) gradient for many steps."""
-
-
-def check_positive_int(value, name, owner):
-    """
-    Validates an option that must be a positive integer (``2.5``, ``0`` and ``-1``
-    are refused rather than silently truncated) and returns it as an ``int``.
-
-    :param value: the option's value.
-    :param str name: the option's name, for the message.
-    :param str owner: the class or function that takes it, for the message.
-    """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or int(value) != value
-        or value < 1
-    ):
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_discriminator_spec(spec, owner):
-    """
-    Validates a ``discriminator=`` option: ``None``, an ``nn.Module`` or a factory
-    ``key -> nn.Module``.
-    """
-    if not (spec is None or callable(spec)):
-        raise TypeError(
-            f"{owner}: discriminator must be None, an nn.Module or a factory "
-            f"key -> nn.Module, got {spec!r}"
-        )
-    return spec
-
-
-def _unwrapped(fn):
-    """The user's function behind Pyro handlers, partials and wrappers (``__wrapped__``)."""
-    seen = set()
-    while id(fn) not in seen:
-        seen.add(id(fn))
-        if isinstance(fn, functools.partial):
-            fn = fn.func
-        elif getattr(fn, "__wrapped__", None) is not None:
-            fn = fn.__wrapped__
-        else:
-            break
-    return fn
-
-
-def _identity(fn):
-    """
-    What makes a model or guide the same one: the object itself, except that
-    closures made by the same factory over the same objects (``amortized_guide(encoder)``
-    called twice, once for training and once for diagnostics) count as one.
-    """
-    fn = _unwrapped(fn)
-    if inspect.ismethod(fn):
-        return ("method", fn.__func__, id(fn.__self__))
-    if inspect.isfunction(fn) and fn.__closure__:
-        cells = []
-        for cell in fn.__closure__:
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell
-                value = None
-            small = value is None or isinstance(value, (bool, int, float, str))
-            cells.append(value if small else ("id", id(value)))
-        return ("closure", fn.__code__, tuple(cells))
-    return ("object", id(fn))
-
-
-def _arg_key(args, kwargs):
-    """A cheap description of a call's arguments: tensor shapes and small values."""
-
-    def describe(value):
-        if torch.is_tensor(value):
-            return ("tensor", tuple(value.shape), value.dtype, value.device.type)
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        return type(value).__name__
-
-    return (
-        tuple(describe(a) for a in args),
-        tuple(sorted((k, describe(v)) for k, v in kwargs.items())),
-    )
-
-
-def _site_signature(trace, tag):
-    """
-    Names, roles, dtypes and shapes of a trace's sample sites, with each plate dim
-    written as its plate's name: a different number of plate elements (a smaller
-    last minibatch) is the same problem, a different event shape is not.
-    """
-    signature = []
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        value = site["value"]
-        event_dim = getattr(site["fn"], "event_dim", 0)
-        shape = tuple(value.shape) if torch.is_tensor(value) else ()
-        batch_ndim = len(shape) - event_dim
-        plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.vectorized}
-        dims = tuple(
-            plates.get(i - batch_ndim, size) if i < batch_ndim else size
-            for i, size in enumerate(shape)
-        )
-        dtype = value.dtype if torch.is_tensor(value) else type(value)
-        signature.append((tag, name, bool(site["is_observed"]), event_dim, dims, dtype))
-    return tuple(signature)
 
 
 def is_discriminator_param(name, prefix=DISCRIMINATOR_PREFIX):
@@ -174,12 +49,33 @@ def is_discriminator_param(name, prefix=DISCRIMINATOR_PREFIX):
     return name.startswith(prefix)
 
 
-class AdversarialObjective(ELBO):
+class StepLosses(NamedTuple):
+    """
+    What an objective's ``_losses`` returns for one evaluation: the reported loss
+    (a tensor; for AVB the negative ELBO), the generator (guide/model) loss, the
+    discriminator loss, a dict of statistics and, where the objective can estimate
+    them, importance log-weights per particle (detached): ``log_weights`` and,
+    for AVB, ``log_weights_unbounded`` (discriminator logits not clipped to the
+    range they had on the discriminator's own training draws).
+    """
+
+    reported: torch.Tensor
+    generator: torch.Tensor
+    discriminator: torch.Tensor
+    stats: dict
+    log_weights: Optional[torch.Tensor] = None
+    log_weights_unbounded: Optional[torch.Tensor] = None
+
+
+class AdversarialObjective(StepChecks, ELBO):
     """
     Base class of :class:`TraceAVB_ELBO`, :class:`Trace_ALI` and :class:`Trace_GAN`.
 
-    Subclasses implement :meth:`_losses`, which returns the reported loss (a
-    tensor), the generator loss, the discriminator loss and a dict of statistics.
+    Subclasses implement :meth:`_losses`, which returns a :class:`StepLosses`: the
+    reported loss (a tensor), the generator loss, the discriminator loss, a dict
+    of statistics and, where they can be estimated, importance log-weights. The
+    checks that guard each step (reuse, non-finite values, zero gradients) come
+    from :class:`~pyro_adv.infer.checks.StepChecks`.
 
     **Reuse.** Discriminators are sized and input-standardized on the first step,
     so they belong to one problem. Each call compares the model, the guide, the
@@ -188,16 +84,17 @@ class AdversarialObjective(ELBO):
     different model, guide or set of sites the objective **rebuilds**: it drops its
     discriminators (and their params in the store), the guessed
     ``max_plate_nesting`` and any other state fixed on the first step, and warns
-    :class:`ObjectiveRebuiltWarning`. After :func:`pyro.clear_param_store` it
+    :class:`~pyro_adv.infer.ObjectiveRebuiltWarning`. After :func:`pyro.clear_param_store` it
     rebuilds silently (that is how a fresh run starts). A discriminator given as
     a module instance (``discriminator=module``) is reused as it is; give a
     factory to get fresh ones. Two objectives whose discriminators would share
     param-store names are refused (``discriminator_prefix=`` tells them apart).
 
     **Gradients.** A guide or model parameter whose gradient is all zero (or
-    missing) for :attr:`zero_grad_steps` consecutive steps gets one
-    :class:`ZeroGradientWarning`: something between it and the loss is not
-    differentiable (``torch.poisson``, ``round``, a comparison).
+    missing) for :attr:`~pyro_adv.infer.checks.StepChecks.zero_grad_steps`
+    consecutive steps gets one :class:`~pyro_adv.infer.ZeroGradientWarning`:
+    something between it and the loss is not differentiable (``torch.poisson``,
+    ``round``, a comparison).
 
     :param int num_particles: vectorized particles per step.
     :param int max_plate_nesting: bound on nested plates (guessed if omitted).
@@ -217,9 +114,6 @@ class AdversarialObjective(ELBO):
     :param str discriminator_prefix: prefix of the discriminators' names in the
         param store.
     """
-
-    #: consecutive steps of all-zero gradient before :class:`ZeroGradientWarning`
-    zero_grad_steps = 100
 
     def __init__(
         self,
@@ -260,13 +154,9 @@ class AdversarialObjective(ELBO):
         #: statistics of the latest step (losses, discriminator accuracy, estimates)
         self.stats = {}
         self._nesting_guessed = False
-        self._problem = None  # what the discriminators were built for (see _prepare)
-        self._call = None  # (model, guide, args, kwargs) of the call in progress
-        self._zero_grad_streak = {}
-        self._zero_grad_warned = set()
         self._logit_max = None
         self._hooks = []
-        self._evaluating = False
+        self._init_checks()
 
     # ------------------------------------------------------------------ players
     def discriminator(self, key, example, factory):
@@ -335,50 +225,11 @@ class AdversarialObjective(ELBO):
             value = output.detach().abs().max().item()
             self._logit_max = value if self._logit_max is None else max(self._logit_max, value)
 
-    def _nonfinite_sites(self):
-        """`` (site 'x' has NaN or inf values)`` for the call in progress, or ``""``."""
-        if self._call is None:
-            return ""
-        model, guide, args, kwargs = self._call
-        names = []
-        try:
-            for trace in self._quiet_traces(model, guide, args, kwargs):
-                for name, site in trace.nodes.items():
-                    value = site.get("value")
-                    if (
-                        site["type"] == "sample"
-                        and torch.is_tensor(value)
-                        and value.is_floating_point()
-                        and not torch.isfinite(value).all()
-                        and name not in names
-                    ):
-                        names.append(name)
-        except Exception:  # the diagnosis must not hide the original problem
-            return ""
-        if not names:
-            return ""
-        listed = ", ".join(f"'{n}'" for n in names)
-        if len(names) == 1:
-            return f" (site {listed} has NaN or inf values)"
-        return f" (sites {listed} have NaN or inf values)"
-
     @staticmethod
     def frozen(module):
         """``module`` with its parameters detached: gradients reach its inputs only."""
         params = {name: p.detach() for name, p in module.named_parameters()}
         return lambda *inputs: functional_call(module, params, inputs)
-
-    def _check_finite(self, what, value):
-        if not torch.isfinite(value).all():
-            culprit = self._nonfinite_sites()
-            if culprit:
-                advice = f"The inputs are not finite{culprit}; fix the data or the simulator"
-            else:
-                advice = "Lower the learning rate, rescale the data, or choose a bounded divergence"
-            raise NonFiniteLossError(
-                f"{type(self).__name__}: the {what} is {value.item()}. {advice}; "
-                f"last finite statistics: {self.stats}"
-            )
 
     # ---------------------------------------------------------------- interface
     def _get_trace(self, model, guide, args, kwargs):
@@ -386,118 +237,8 @@ class AdversarialObjective(ELBO):
         raise NotImplementedError(f"{type(self).__name__} builds its traces in _losses")
 
     def _losses(self, model, guide, args, kwargs):
-        """Returns ``(reported_loss, generator_loss, discriminator_loss, stats)``."""
+        """Returns a :class:`StepLosses` for one evaluation."""
         raise NotImplementedError
-
-    def _quiet_traces(self, model, guide, args, kwargs):
-        """
-        A guide trace and the model replayed on it, outside the training's random
-        stream (the random state is restored) and hidden from outer handlers.
-        """
-        with torch.random.fork_rng(devices=[]), poutine.block():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs
-            )
-        return guide_trace, model_trace
-
-    def _problem_signature(self, model, guide, args, kwargs):
-        """The sites of a call (see :func:`_site_signature`), or ``None`` if untraceable."""
-        try:
-            guide_trace, model_trace = self._quiet_traces(model, guide, args, kwargs)
-        except Exception:
-            # a model that only runs inside the objective (e.g. vectorized): the step
-            # itself reports its errors, and reuse is judged on identities alone
-            return None
-        return _site_signature(guide_trace, "guide") + _site_signature(model_trace, "model")
-
-    def _check_traces(self, model_trace, guide_trace, cause=None):
-        """
-        Clear errors for problems that would otherwise fail deep inside a step:
-        empty observations, and guide sites whose event shape differs from the
-        model's (a missing ``.to_event``).
-        """
-        name = type(self).__name__
-        for site_name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            value = site["value"]
-            if site["is_observed"] and torch.is_tensor(value) and value.numel() == 0:
-                raise ValueError(
-                    f"{name}: observed site '{site_name}' is empty (shape "
-                    f"{tuple(value.shape)}); pass at least one observation"
-                ) from cause
-            guide_site = guide_trace.nodes.get(site_name)
-            if site["is_observed"] or guide_site is None or guide_site["type"] != "sample":
-                continue
-            model_event = tuple(getattr(site["fn"], "event_shape", ()))
-            guide_event = tuple(getattr(guide_site["fn"], "event_shape", ()))
-            if model_event != guide_event:
-                raise ValueError(
-                    f"{name}: shapes disagree at site '{site_name}': the guide's distribution "
-                    f"has event shape {guide_event} (batch shape "
-                    f"{tuple(guide_site['fn'].batch_shape)}) but "
-                    f"the model's has event shape {model_event}; declare the same event "
-                    f"dims in the guide (e.g. .to_event({len(model_event)}))"
-                ) from cause
-
-    @contextlib.contextmanager
-    def _explaining(self, model, guide, args, kwargs):
-        """
-        Turns an error raised deep inside a step into a clear one where the cause is
-        known (empty data, a guide event shape that differs from the model's); other
-        errors pass unchanged.
-        """
-        try:
-            yield
-        except NonFiniteLossError:
-            raise
-        except Exception as error:
-            self._explain(error, model, guide, args, kwargs)
-            raise
-
-    def _explain(self, error, model, guide, args, kwargs):
-        name = type(self).__name__
-        for where, value in list(enumerate(args)) + list(kwargs.items()):
-            if torch.is_tensor(value) and value.numel() == 0:
-                label = f"argument {where}" if isinstance(where, int) else f"argument {where}="
-                raise ValueError(
-                    f"{name}: {label} is empty (shape {tuple(value.shape)}); "
-                    "pass at least one observation"
-                ) from error
-        try:
-            guide_trace, model_trace = self._quiet_traces(model, guide, args, kwargs)
-        except Exception:  # the model itself fails: its own error is the clearest
-            return
-        self._check_traces(model_trace, guide_trace, cause=error)
-
-    def _store_state(self):
-        """
-        ``"ok"`` while every built discriminator's parameters are the store's,
-        ``"cleared"`` when they are gone (:func:`pyro.clear_param_store`), and
-        ``"foreign"`` when other tensors hold their names.
-        """
-        store = pyro.get_param_store()
-        state = "ok"
-        for key, module in self.discriminators.items():
-            prefix = f"{self.discriminator_prefix}_{key}"
-            for pname, p in module.named_parameters():
-                full = pyro.params.param_with_module_name(prefix, pname)
-                if full not in store:
-                    state = "cleared"
-                elif store[full].unconstrained() is not p:
-                    return "foreign"
-        return state
-
-    def _foreign_error(self, key):
-        return ValueError(
-            f"{type(self).__name__}: the param store's parameters named "
-            f"'{self.discriminator_prefix}_{key}$$$...' are no longer this objective's "
-            "discriminator (another objective built its own under that name, or they were "
-            "loaded over it). pyro.module would silently train those instead; give each "
-            "objective its own discriminator_prefix=, or call pyro.clear_param_store() "
-            "between runs."
-        )
 
     def _reset(self):
         """
@@ -522,71 +263,7 @@ class AdversarialObjective(ELBO):
             self.max_plate_nesting = float("inf")
             self._nesting_guessed = False
         self.stats = {}
-        self._zero_grad_streak = {}
-        self._zero_grad_warned = set()
-
-    def _prepare(self, model, guide, args, kwargs):
-        self._call = (model, guide, args, kwargs)
-        training = not self._evaluating
-        key = (_identity(model), _identity(guide), _arg_key(args, kwargs))
-        problem = self._problem
-        if problem is not None:
-            reason = None
-            store_state = self._store_state() if self.discriminators else "ok"
-            if store_state == "foreign":
-                raise self._foreign_error(next(iter(self.discriminators)))
-            if store_state == "cleared":
-                reason = "cleared"
-            elif key[0] != problem["model"] or key[1] != problem["guide"]:
-                reason = "a different model or guide"
-            elif key[2] != problem["args"] and training:
-                # new argument shapes: compare what the sites look like (cheap keys first,
-                # so the usual step with the same data traces nothing)
-                signature = self._problem_signature(model, guide, args, kwargs)
-                known = problem["signature"] is not None and signature is not None
-                if known and signature != problem["signature"]:
-                    reason = "different sample sites (names, event shapes or dtypes)"
-                problem["args"], problem["signature"] = key[2], signature
-                problem["traced"] = True
-            if reason is not None and reason != "cleared" and not training:
-                # an evaluation (loss, importance weights) of another guide with the
-                # trained discriminators is deliberate in diagnostics: keep them
-                warnings.warn(
-                    f"{type(self).__name__} is evaluated on {reason} than it was trained "
-                    "on; its discriminators are those of the training problem (nothing is "
-                    "rebuilt for an evaluation).",
-                    ObjectiveMismatchWarning,
-                    stacklevel=4,
-                )
-                reason = None
-            if reason is not None:
-                if reason != "cleared":
-                    warnings.warn(
-                        f"{type(self).__name__} was reused on {reason}: its discriminators "
-                        "were built for the previous problem, so they and the other "
-                        "first-step state are rebuilt. Use one objective per problem.",
-                        ObjectiveRebuiltWarning,
-                        stacklevel=4,
-                    )
-                self._reset()
-                problem = self._problem = None
-        if problem is None:
-            self._problem = {
-                "model": key[0],
-                "guide": key[1],
-                "args": key[2],
-                "signature": None,
-                "traced": False,
-            }
-            self._setup(model, guide, args, kwargs)
-
-    def _prepare_evaluation(self, model, guide, args, kwargs):
-        # subclasses extend _prepare with the usual signature: say "evaluation" aside
-        self._evaluating = True
-        try:
-            self._prepare(model, guide, args, kwargs)
-        finally:
-            self._evaluating = False
+        self._reset_checks()
 
     def _setup(self, model, guide, args, kwargs):
         """First-call set-up (again after a rebuild): the plate-nesting guess."""
@@ -594,33 +271,6 @@ class AdversarialObjective(ELBO):
         if self.max_plate_nesting == float("inf"):
             with self._explaining(model, guide, args, kwargs):
                 self._guess_max_plate_nesting(model, guide, args, kwargs)
-
-    #: options that must be positive integers where a subclass has them
-    _POSITIVE_INT_OPTIONS = ("num_particles", "discriminator_particles", "moment_particles")
-    #: options that hold a discriminator spec (``None``, a module or a factory)
-    _DISCRIMINATOR_OPTIONS = ("discriminator_spec", "discriminator_factory")
-
-    def validate_options(self):
-        """
-        Checks the options every adversarial objective may have (particle counts,
-        the discriminator spec); call it at the end of a subclass's ``__init__`` to
-        report a bad option at construction. It also runs on the first step.
-        """
-        owner = type(self).__name__
-        for option in self._POSITIVE_INT_OPTIONS:
-            if hasattr(self, option):
-                check_positive_int(getattr(self, option), option, owner)
-        for option in self._DISCRIMINATOR_OPTIONS:
-            if hasattr(self, option):
-                check_discriminator_spec(getattr(self, option), owner)
-
-    def _remember(self, model, guide, args, kwargs):
-        # the sites of the first call, traced after it so the first step's random
-        # stream is the one it always was
-        problem = self._problem
-        if problem is not None and not problem["traced"]:
-            problem["traced"] = True  # once, even when untraceable
-            problem["signature"] = self._problem_signature(model, guide, args, kwargs)
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         # Pyro's version scores the guide, which implicit sites refuse: read the plates only.
@@ -696,7 +346,7 @@ class AdversarialObjective(ELBO):
         optim = self._distributed_discriminator_optim()
         for _ in range(self.discriminator_steps - 1):
             with pyro.poutine.trace(param_only=True) as capture:
-                _, _, d_loss, _ = self._losses(model, guide, args, kwargs)
+                d_loss = self._losses(model, guide, args, kwargs).discriminator
             self._check_finite("discriminator loss", d_loss)
             params = {
                 site["value"].unconstrained()
@@ -769,7 +419,7 @@ class AdversarialObjective(ELBO):
         """
         self._prepare_evaluation(model, guide, args, kwargs)
         with torch.no_grad(), self._explaining(model, guide, args, kwargs):
-            reported, _, _, stats = self._losses(model, guide, args, kwargs)
+            reported, _, _, stats = self._losses(model, guide, args, kwargs)[:4]
         self.stats = stats
         self._remember(model, guide, args, kwargs)
         return reported.item()
@@ -785,7 +435,7 @@ class AdversarialObjective(ELBO):
             poutine.trace(param_only=True) as capture,
             self._explaining(model, guide, args, kwargs),
         ):
-            reported, g_loss, d_loss, stats = self._losses(model, guide, args, kwargs)
+            reported, g_loss, d_loss, stats = self._losses(model, guide, args, kwargs)[:4]
         self._check_finite("generator (guide/model) loss", g_loss)
         self._check_finite("discriminator loss", d_loss)
         if self._logit_max is not None:
@@ -796,26 +446,6 @@ class AdversarialObjective(ELBO):
             if not is_discriminator_param(name, self.discriminator_prefix)
         }
         return reported, g_loss + d_loss, stats, params
-
-    def _check_gradients(self, params):
-        """Counts steps of all-zero gradient per guide/model parameter; warns once each."""
-        for name, p in params.items():
-            if not p.requires_grad:
-                continue
-            zero = p.grad is None or not bool(p.grad.any())
-            streak = self._zero_grad_streak.get(name, 0) + 1 if zero else 0
-            self._zero_grad_streak[name] = streak
-            if streak >= self.zero_grad_steps and name not in self._zero_grad_warned:
-                self._zero_grad_warned.add(name)
-                warnings.warn(
-                    f"{type(self).__name__}: parameter '{name}' has received an all-zero "
-                    f"gradient for {streak} steps, so it is not learning. Something between "
-                    "it and the loss is not differentiable (torch.poisson, round, floor, "
-                    "argmax, a comparison); use a reparameterizable simulator, or fix the "
-                    "parameter if it is not meant to learn.",
-                    ZeroGradientWarning,
-                    stacklevel=4,
-                )
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         """

@@ -3,19 +3,25 @@ Adversarially Learned Inference (Dumoulin et al. 2016; Donahue et al. 2016 BiGAN
 thesis section 4.2): likelihood-free amortized inference from simulations.
 """
 
-import re
 import warnings
 from collections import OrderedDict
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch import nn
 
 from pyro_adv.distributions.implicit import ImplicitValue, unwrap
-from pyro_adv.infer.adversarial import AdversarialObjective, check_discriminator_spec
+from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.checks import check_discriminator_spec
 from pyro_adv.infer.divergences import get_divergence
+from pyro_adv.infer.simulation import (
+    SiteNodes,
+    check_bank,
+    draw_from_bank,
+    forward_simulations,
+    sample_sites,
+)
 from pyro_adv.infer.two_sample import TwoSampleGame
 from pyro_adv.infer.util import (
     check_latents,
@@ -23,82 +29,17 @@ from pyro_adv.infer.util import (
     depends_on_parameters,
     flat_features,
     group_implicit_sites,
+    join_features,
+    latent_features,
+    module_key,
     plate_frames,
-    unconstrained,
 )
 from pyro_adv.nn.discriminators import PairDiscriminator
 
-__all__ = ["Trace_ALI", "simulate"]
+__all__ = ["Trace_ALI"]
 
 #: vectorized particles per step when the guide has global latents (``num_particles=None``)
 GLOBAL_PARTICLES = 64
-
-_SIMULATION_PLATE = "ali_simulations"
-
-_REPARAM_HINT = (
-    "Trace_ALI trains the model through its simulated values (pathwise gradients), so every "
-    "site between a model parameter and an observed site must be reparameterizable: use an "
-    "ImplicitDistribution, a dist.Delta of a generator's output, or a continuous "
-    "distribution with rsample. To infer latents of a fixed simulator, register no model "
-    "parameters (or train from a bank, simulations=simulate(model, ...))."
-)
-
-
-def simulate(model, num_simulations, *args, **kwargs):
-    r"""
-    Runs ``model(*args, **kwargs)`` forward ``num_simulations`` times, ignoring its
-    observations (:func:`~pyro.poutine.uncondition`), and returns every sample site:
-    latent draws from the prior and simulated observations. The runs are
-    vectorized in an outer plate, so the model must broadcast like any Pyro model
-    used with vectorized particles. Nothing is scored, so implicit simulators work.
-
-    The result is the *simulation bank* of :class:`Trace_ALI` (``simulations=``):
-    a fixed budget of :math:`(z, x)` pairs from :math:`p(z)\,p(x \mid z)`, drawn
-    once (the setting of neural posterior estimation, Papamakarios and Murray
-    2016; Greenberg et al. 2019).
-
-    Example::
-
-        bank = simulate(exponential_model, 1, num_data=100_000)
-        bank["z"].shape, bank["x"].shape      # (1, 100000, 2), (1, 100000)
-
-    :param callable model: a Pyro model.
-    :param int num_simulations: number of forward runs.
-    :returns: ``{site name: tensor}``, each of shape ``(num_simulations,) +
-        batch_shape + event_shape`` of the site in one run (plates with their full
-        size: run the model without subsampling).
-    :rtype: dict
-    """
-    if int(num_simulations) != num_simulations or num_simulations < 1:
-        raise ValueError(
-            f"simulate: num_simulations must be a positive integer, got {num_simulations}"
-        )
-    num_simulations = int(num_simulations)
-    simulator = poutine.uncondition(model)
-    with torch.no_grad(), poutine.block():
-        probe = poutine.trace(simulator).get_trace(*args, **kwargs)
-        nesting = max(
-            [-f.dim for site in _sample_sites(probe) for f in plate_frames(site)], default=0
-        )
-        runs = pyro.plate(_SIMULATION_PLATE, num_simulations, dim=-(nesting + 1))(simulator)
-        trace = poutine.trace(runs).get_trace(*args, **kwargs)
-    bank = OrderedDict()
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or site_is_factor(site):
-            continue
-        frames = [f for f in plate_frames(site) if f.name != _SIMULATION_PLATE]
-        batch = max([-f.dim for f in frames], default=0)
-        value = site["value"]
-        keep = value.dim() - batch - site["fn"].event_dim
-        lead = value.shape[:keep]
-        if lead.numel() not in (1, num_simulations):
-            raise ValueError(
-                f"simulate: site '{name}' has value shape {tuple(value.shape)}, whose batch "
-                "dims are not all declared by pyro.plate"
-            )
-        value = value.reshape((lead.numel(),) + value.shape[keep:])
-        bank[name] = value.expand((num_simulations,) + value.shape[1:]).detach()
-    return bank
 
 
 class Trace_ALI(TwoSampleGame, AdversarialObjective):
@@ -160,36 +101,14 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
     space of their support. A subsampled plate simulates as many elements as the
     data minibatch, with the same indices. Losses are means over pairs.
 
-    **Which** :math:`p_D`. ALI is amortized: the guide is trained wherever
-    :math:`p_D` puts data, and the discriminator learns
-    :math:`\log p(z \mid x) / q(z \mid x)` only where it also sees simulated
-    pairs, so :math:`p_D` should be (close to) the prior predictive, e.g.
-    ``svi.step(simulate(model, 1, ...)["x"][0], subsample_size=B)``. Pairs
-    resampled by a function of :math:`x` alone still follow
-    :math:`p(z \mid x)`, so a bank may be reweighted to spread :math:`x` over the
-    range of interest without changing the optimum. **Global latents of one
-    fixed data set** do not fit this scheme: a single point :math:`x_{obs}` is
-    separated from every simulation by :math:`x` alone and the guide collapses
-    (a warning says so). Amortize instead: put the data sets in a plate, so that
-    the parameters become plate-local (each data set is one pair, observed
-    values of inner plates are flattened into its features), train on simulated
-    data sets, and query the encoder at :math:`x_{obs}`.
-
-    **Oscillation.** The two players circle the equilibrium; give the
-    discriminator a larger learning rate than the guide (4-8 times), decay both,
-    and for the most accurate posterior average the guide's weights over the last
-    steps (:class:`torch.optim.swa_utils.AveragedModel`), as for GAN generators
-    (Yazıcı et al. 2019).
-
-    **Simulation bank** (fixed budget, the setting of neural posterior
-    estimation): with ``simulations=simulate(model, S, ...)`` no model is run
-    forward during training; each step draws ``num_particles`` simulations from
-    the bank and, inside them, as many plate elements as the data minibatch (the
-    minibatch's own indices where the plate has the bank's size, so that with a
-    bank of one simulation ``svi.step(bank["x"][0], subsample_size=B)`` pairs each
-    data :math:`x_i` with its own simulated :math:`z_i`, which halves the
-    discriminator's work; otherwise uniformly with replacement). The model's
-    parameters cannot be trained from a bank.
+    **Which** :math:`p_D`, **global latents**, **oscillation** and **simulation
+    banks**: the guide is trained wherever :math:`p_D` puts data, so :math:`p_D`
+    should be (close to) the prior predictive; one fixed data set cannot infer
+    global latents (a warning says so: put the data sets in a plate instead);
+    with ``simulations=simulate(model, S, ...)`` no model runs during training
+    (:func:`~pyro_adv.infer.simulation.draw_from_bank` says how pairs are drawn),
+    and the model's parameters cannot then be trained. The ALI guide page of the
+    documentation explains each, with the settings that work.
 
     One :meth:`~pyro.infer.SVI.step` updates guide, model and discriminators
     together (one backward); discriminators live in the param store as
@@ -288,7 +207,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
 
     @simulations.setter
     def simulations(self, bank):
-        self._simulations = _check_bank(bank)
+        self._simulations = check_bank(bank)
 
     # ------------------------------------------------------------------ set-up
     def _setup(self, model, guide, args, kwargs):
@@ -296,7 +215,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             self._choose_particles = False
             with poutine.block():
                 trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            if any(_is_global(site) for site in _sample_sites(trace)):
+            if any(_is_global(site) for site in sample_sites(trace)):
                 self.num_particles = GLOBAL_PARTICLES
                 if self.max_plate_nesting != float("inf"):
                     self.max_plate_nesting += 1  # room for the particle plate, as Pyro's ELBO
@@ -358,154 +277,15 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
                     "trains the guide through its samples (pathwise gradients)."
                 )
 
-    def _simulated(self, model, guide_trace, model_trace, names, args, kwargs):
-        """The model run forward (prior latents, simulated observations) on this step's plates."""
-        name = type(self).__name__
-        indices = poutine.Trace()
-        for trace in (guide_trace, model_trace):
-            for site_name, site in trace.nodes.items():
-                if site_is_subsample(site) and site_name not in indices.nodes:
-                    indices.add_node(site_name, **site)
-        simulator = poutine.uncondition(poutine.replay(model, trace=indices))
-        trace = poutine.trace(self._vectorized_num_particles(simulator)).get_trace(*args, **kwargs)
-        for site_name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            fn = site["fn"]
-            if not getattr(fn, "has_rsample", False) and depends_on_parameters(fn):
-                kind = "observed" if site["infer"].get("was_observed") else "latent"
-                raise ValueError(
-                    f"{name}: {kind} site '{site_name}' ({type(unwrap(fn)[0]).__name__}) is "
-                    f"not reparameterizable, but its parameters need gradients. {_REPARAM_HINT}"
-                )
-        nodes = OrderedDict()
-        for site_name in names:
-            if site_name not in trace.nodes:
-                raise ValueError(f"{name}: site '{site_name}' was not simulated by the model")
-            site = dict(trace.nodes[site_name])
-            site["is_observed"] = model_trace.nodes[site_name]["is_observed"]
-            nodes[site_name] = site
-        return _Nodes(nodes)
-
-    def _from_bank(self, guide_trace, model_trace, names):
-        """This step's simulated pairs drawn from the bank, in the layout of a forward run."""
-        name = type(self).__name__
-        model_params = [
-            n
-            for n, site in model_trace.nodes.items()
-            if site["type"] == "param" and n not in guide_trace.nodes
-        ]
-        if model_params:
-            raise ValueError(
-                f"{name}: the model has parameters {model_params}, but a simulation bank "
-                "was drawn once and cannot train them; drop simulations= to simulate "
-                "afresh every step (full ALI), or fix the parameters."
-            )
-        bank = self.simulations
-        num_sims = next(iter(bank.values())).shape[0]
-        particles = self.num_particles
-        nesting = self.max_plate_nesting
-        device = next(iter(bank.values())).device
-        sims = torch.randint(num_sims, (particles,), device=device)
-        subsample = {
-            site_name: site["value"]
-            for trace in (guide_trace, model_trace)
-            for site_name, site in trace.nodes.items()
-            if site_is_subsample(site)
-        }
-        plate_indices = {}
-        nodes = OrderedDict()
-        for site_name in names:
-            if site_name not in bank:
-                raise ValueError(
-                    f"{name}: the simulation bank has no site '{site_name}' (it has "
-                    f"{sorted(bank)}); build it with pyro_adv.infer.simulate(model, ...)"
-                )
-            site = model_trace.nodes[site_name]
-            event_dim = site["fn"].event_dim
-            value = bank[site_name][sims]
-            batch_dims = value.dim() - 1 - event_dim
-            frames = plate_frames(site)
-            needed = max([-f.dim for f in frames], default=0)
-            if batch_dims < needed or batch_dims > nesting - (particles > 1):
-                raise ValueError(
-                    f"{name}: bank entry '{site_name}' has shape {tuple(bank[site_name].shape)}, "
-                    f"which does not fit the site's plates {[f.name for f in frames]}; "
-                    "build the bank with simulate(model, num_simulations, *args, **kwargs)"
-                )
-            for frame in frames:
-                pos = 1 + batch_dims + frame.dim
-                idx = self._plate_indices(
-                    frame, value.shape[pos], subsample, plate_indices, value.device
-                )
-                if idx is None:
-                    continue
-                idx = idx.to(value.device)
-                shape = [1] * value.dim()
-                shape[0], shape[pos] = particles, idx.shape[-1]
-                index = idx.reshape(shape).expand(
-                    value.shape[:pos] + idx.shape[-1:] + value.shape[pos + 1 :]
-                )
-                value = value.gather(pos, index)
-            expected = site["value"].shape[site["value"].dim() - event_dim :]
-            if value.shape[value.dim() - event_dim :] != expected:
-                raise ValueError(
-                    f"{name}: bank entry '{site_name}' has event shape "
-                    f"{tuple(value.shape[value.dim() - event_dim :])}, but the site's values "
-                    f"have event shape {tuple(expected)}"
-                )
-            if particles > 1:
-                value = value.reshape(
-                    (particles,) + (1,) * (nesting - 1 - batch_dims) + value.shape[1:]
-                )
-            else:
-                value = value[0]
-            nodes[site_name] = dict(site, value=value)
-        return _Nodes(nodes)
-
-    def _plate_indices(self, frame, bank_size, subsample, cache, device):
-        """Indices into a bank plate for this step's elements, shared by all its sites."""
-        if frame.name in cache:
-            size, idx = cache[frame.name]
-            if size != bank_size:
-                raise ValueError(
-                    f"{type(self).__name__}: plate '{frame.name}' has {size} elements in one "
-                    f"bank entry and {bank_size} in another"
-                )
-            return idx
-        particles = self.num_particles
-        if frame.name in subsample and frame.full_size == bank_size:
-            idx = subsample[frame.name].reshape(1, -1)
-            if particles > 1:
-                # the first particle pairs with the data minibatch; the others add new pairs
-                extra = torch.randint(bank_size, (particles - 1, idx.shape[-1]), device=idx.device)
-                idx = torch.cat([idx, extra])
-        elif frame.size == bank_size:
-            idx = None
-        elif frame.size < bank_size:
-            idx = torch.randint(bank_size, (particles, frame.size), device=device)
-        else:
-            raise ValueError(
-                f"{type(self).__name__}: plate '{frame.name}' has {frame.size} elements in "
-                f"this step, but the bank's simulations have only {bank_size}"
-            )
-        cache[frame.name] = (bank_size, idx)
-        return idx
-
     # ---------------------------------------------------------------- features
     def _latents(self, group, nodes, guide_trace, model_trace, real):
         """Unconstrained latents of a group in padded layout (one row per particle if global)."""
         nesting = self.max_plate_nesting
-        parts = []
-        for site_name in group.names:
-            model_site = model_trace.nodes[site_name]
-            if real:
-                site = nodes.nodes[site_name]
-                u, u_event_dim, _ = unconstrained({"value": site["value"], "fn": site["fn"]}, site)
-            else:
-                u, u_event_dim, _ = unconstrained(guide_trace.nodes[site_name], model_site)
-            parts.append(flat_features(u, u_event_dim, nesting))
-        u = _cat(parts, nesting)
+        if real:  # simulated values, on the supports of the simulated sites
+            parts, _ = latent_features(group.names, nodes, nodes, nesting)
+        else:
+            parts, _ = latent_features(group.names, guide_trace, model_trace, nesting)
+        u = join_features(*parts)
         if not group.is_local:
             u = u.reshape(self._lead(), -1)
         return u
@@ -547,7 +327,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         if globals_u is not None:
             shape = (globals_u.shape[0],) + (1,) * (nesting - 1) if nesting else ()
             parts.append(globals_u.reshape(shape + globals_u.shape[-1:]))
-        x = _cat(parts + [u], nesting)
+        x = join_features(*parts, u)
         x = x.reshape(-1, x.shape[-1])
         return x[:, : x.shape[-1] - u.shape[-1]], x[:, x.shape[-1] - u.shape[-1] :]
 
@@ -580,7 +360,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         return lambda: spec(key)
 
     def _discriminator(self, key, x, z):
-        key = _module_key(key)
+        key = module_key(key)
         if key not in self.discriminators:
             # lazily sized; the input standardization comes from this batch
             self._build_discriminator(
@@ -610,17 +390,33 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             )
         names = observed + latents
         if self.simulations is None:
-            real_nodes = self._simulated(model, guide_trace, model_trace, names, args, kwargs)
+            real_nodes = forward_simulations(
+                model,
+                guide_trace,
+                model_trace,
+                names,
+                args,
+                kwargs,
+                self._vectorized_num_particles,
+                name,
+            )
         else:
-            real_nodes = self._from_bank(guide_trace, model_trace, names)
-        fake_nodes = _Nodes(OrderedDict((n, model_trace.nodes[n]) for n in names))
+            real_nodes = draw_from_bank(
+                self.simulations,
+                guide_trace,
+                model_trace,
+                names,
+                self.num_particles,
+                self.max_plate_nesting,
+                name,
+            )
+        fake_nodes = SiteNodes(OrderedDict((n, model_trace.nodes[n]) for n in names))
 
         # global latents first: plate-local pairs also see them
         order = sorted(groups.values(), key=lambda g: g.is_local)
         globals_u = {"real": None, "fake": None}
         totals = {}
         log_ratio = log_ratio_bounded = 0.0
-        outside = 0
         for group in order:
             sides = {}
             for side, nodes in (("real", real_nodes), ("fake", fake_nodes)):
@@ -662,13 +458,12 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
                 # it the network extrapolates, and a guide pair's weight is its guess
                 seen = self.divergence.log_ratio(real_logits.detach())
                 bounded = ratio.clamp(seen.min(), seen.max())
-                clipped = (bounded != ratio).reshape(self._lead(), -1).any(-1)
-                outside = outside + clipped
                 log_ratio_bounded = log_ratio_bounded + bounded.reshape(self._lead(), -1).sum(-1)
-        self._last_log_ratio = log_ratio
-        self._last_log_ratio_bounded = log_ratio_bounded
-        self._last_outside = outside
-        return self._game_result(totals)
+        if not self.divergence.identifies_ratio:
+            return self._game_result(totals)
+        return self._game_result(totals)._replace(
+            log_weights=log_ratio_bounded, log_weights_unbounded=log_ratio
+        )
 
     # ------------------------------------------------------------ diagnostics
     #: :meth:`importance_log_weights` knows the weights up to a constant per data set
@@ -735,26 +530,15 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             )
         if int(num_samples) != num_samples or num_samples < 2:
             raise ValueError(f"{name}: num_samples must be an integer >= 2, got {num_samples}")
-        stats = self._evaluate(model, guide, args, kwargs, num_samples)[3]
-        outside = self._last_outside
+        result = self._evaluate(model, guide, args, kwargs, num_samples)
         #: statistics of the latest diagnostic evaluation (not of a training step)
         self.diagnostic_stats = dict(
-            stats,
-            extrapolated_draws=int((outside > 0).sum().item()) if torch.is_tensor(outside) else 0,
+            result.stats,
+            # a draw with a clipped pair has a different sum
+            extrapolated_draws=int((result.log_weights != result.log_weights_unbounded).sum()),
             log_weight_resolution=self.LOG_WEIGHT_RESOLUTION,
         )
-        return self._last_log_ratio_bounded if bounded else self._last_log_ratio
-
-
-class _Nodes:
-    """A stand-in for a trace: just the ``nodes`` that feature builders read."""
-
-    def __init__(self, nodes):
-        self.nodes = nodes
-
-
-def _sample_sites(trace):
-    return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+        return result.log_weights if bounded else result.log_weights_unbounded
 
 
 def _is_global(site):
@@ -762,37 +546,3 @@ def _is_global(site):
         return False
     base = unwrap(site["fn"])[0]
     return not plate_frames(site) or (isinstance(base, ImplicitValue) and base.joint is not None)
-
-
-def _check_bank(bank):
-    if bank is None:
-        return None
-    if not isinstance(bank, dict) or not bank:
-        raise TypeError(
-            "Trace_ALI: simulations must be a non-empty dict {site name: tensor} as returned "
-            f"by pyro_adv.infer.simulate, got {type(bank).__name__}"
-        )
-    sizes = set()
-    for key, value in bank.items():
-        if not torch.is_tensor(value) or value.dim() < 1:
-            raise TypeError(
-                f"Trace_ALI: simulations['{key}'] must be a tensor with a leading simulation "
-                f"dim, got {value!r}"
-            )
-        sizes.add(value.shape[0])
-    if len(sizes) > 1:
-        raise ValueError(
-            "Trace_ALI: every entry of simulations must have the same number of simulations "
-            f"(leading dim); got {sorted(sizes)}"
-        )
-    return {key: value.detach() for key, value in bank.items()}
-
-
-def _cat(parts, nesting):
-    shape = torch.broadcast_shapes(*(p.shape[:nesting] for p in parts))
-    return torch.cat([p.expand(shape + p.shape[nesting:]) for p in parts], -1)
-
-
-def _module_key(key):
-    # torch module names cannot contain dots
-    return re.sub(r"\W", "_", key)

@@ -8,17 +8,18 @@ import torch
 from torch.func import functional_call
 
 from pyro_adv.distributions.implicit import is_implicit
-from pyro_adv.infer.adversarial import AdversarialObjective, check_positive_int
+from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses, check_positive_int
 from pyro_adv.infer.contrast import conditional_gaussian
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.particles import ParticleTraces
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
-    flat_features,
     group_implicit_sites,
+    join_features,
+    latent_features,
     particle_sum,
-    unconstrained,
+    per_particle_features,
     upstream_sites,
 )
 from pyro_adv.nn.discriminators import Discriminator, PairDiscriminator
@@ -303,11 +304,18 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         # the range of logits it produced on its own training draws it extrapolates,
         # and a tail draw's weight would then be the network's guess (k-hat alarms on
         # good fits came from there).
-        self._last_log_weights = (log_p - log_q_explicit - log_q_bounded).detach()
-        self._last_log_weights_unbounded = elbo_particles.detach()
-        # per draw: how far the refit ensemble's members disagree on log q (diagnosis)
-        self._last_disagreement = disagreement
-        return loss, loss, d_loss, stats
+        log_weights = (log_p - log_q_explicit - log_q_bounded).detach()
+        if self._refit is not None and self.adaptive_contrast:
+            # how far the refit ensemble's members disagree on log q at the largest weights
+            stats["log_weight_resolution"] = log_weight_resolution(log_weights, disagreement)
+        return StepLosses(
+            loss,
+            loss,
+            d_loss,
+            stats,
+            log_weights=log_weights,
+            log_weights_unbounded=elbo_particles.detach(),
+        )
 
     # ---------------------------------------------------------------- features
     def _group_value(self, group, guide_trace, model_trace):
@@ -318,32 +326,23 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         flattened over its own plates, never copied across another site's plates.
         """
         nesting = self.max_plate_nesting
-        parts, ladj = [], 0.0
-        for site_name in group.names:
-            u, u_event_dim, site_ladj = unconstrained(
-                guide_trace.nodes[site_name], model_trace.nodes[site_name]
-            )
-            parts.append(flat_features(u, u_event_dim, nesting))
+        parts, ladjs = latent_features(group.names, guide_trace, model_trace, nesting)
+        ladj = 0.0
+        for site_name, site_ladj in zip(group.names, ladjs):
             site_ladj = site_ladj * guide_trace.nodes[site_name]["scale"]
             ladj = ladj + particle_sum(site_ladj, nesting, 0)
         if group.joint is not None:
-            return _per_particle(parts), ladj
-        return _join(*parts), ladj
+            return per_particle_features(parts), ladj
+        return join_features(*parts), ladj
 
     def _upstream_value(self, group, upstream, guide_trace, model_trace):
         """The upstream latents' unconstrained values laid out like the group's value."""
         if not upstream:
             return None
-        nesting = self.max_plate_nesting
-        parts = []
-        for site_name in upstream:
-            u, u_event_dim, _ = unconstrained(
-                guide_trace.nodes[site_name], model_trace.nodes[site_name]
-            )
-            parts.append(flat_features(u, u_event_dim, nesting))
+        parts, _ = latent_features(upstream, guide_trace, model_trace, self.max_plate_nesting)
         if group.joint is not None:
-            return _per_particle(parts)
-        return _join(*parts)
+            return per_particle_features(parts)
+        return join_features(*parts)
 
     # ------------------------------------------------------------ the two games
     def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
@@ -369,7 +368,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         z = whiten(u, up)
         log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
         terms = self._discriminate(
-            group, z, _join(context, up), real, fake, _join(context, real_up)
+            group, z, join_features(context, up), real, fake, join_features(context, real_up)
         )
         return terms._replace(
             log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
@@ -381,7 +380,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         the model's prior given the same upstream latents; its logit estimates
         ``log q_u - log p_u``.
         """
-        ctx = _join(context, up)
+        ctx = join_features(context, up)
         return self._discriminate(group, u, ctx, u.detach(), prior_u, ctx)
 
     def _discriminate(self, group, z, ctx, real, fake, real_ctx):
@@ -395,21 +394,19 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         make = self._make_discriminator(group.key, ctx is not None)
         if ctx is None:
             disc = self.discriminator(group.key, real, make)
-            call = disc
             real_in, fake_in, z_in = (real.detach(),), (fake,), (z,)
         else:
             real_ctx = real_ctx.detach()
-            example = _join(real_ctx, real)
+            example = join_features(real_ctx, real)
             disc = self.discriminator(group.key, example, make)
-            call = disc
             real_in = (_expand(real_ctx, real), real.detach())
             fake_in = (_expand(real_ctx, fake), fake)
             z_in = (_expand(ctx, z), z)
         refit = self._refit if self._refit is not None and self.adaptive_contrast else None
         if refit is not None:
             return self._refit_terms(disc, real_in, fake_in, z_in, refit)
-        real_logits = call(*real_in)
-        fake_logits = call(*fake_in)
+        real_logits = disc(*real_in)
+        fake_logits = disc(*fake_in)
         t = self.frozen(disc)(*z_in)
         d_loss = self.divergence.discriminator_loss(real_logits, fake_logits)
         accs = self.divergence.accuracy(real_logits, fake_logits)
@@ -544,15 +541,13 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             refit = check_positive_int(refit, "refit", type(self).__name__)
         self._refit = refit or None
         try:
-            #: statistics of the latest diagnostic evaluation (not of a training step)
-            self.diagnostic_stats = self._evaluate(model, guide, args, kwargs, num_samples)[3]
+            result = self._evaluate(model, guide, args, kwargs, num_samples)
         finally:
             self._refit = None
-        log_weights = self._last_log_weights if bounded else self._last_log_weights_unbounded
-        self.diagnostic_stats["log_weight_resolution"] = log_weight_resolution(
-            log_weights, self._last_disagreement
-        )
-        return log_weights
+        #: statistics of the latest diagnostic evaluation (not of a training step)
+        self.diagnostic_stats = dict(result.stats)
+        self.diagnostic_stats.setdefault("log_weight_resolution", LOG_WEIGHT_RESOLUTION)
+        return result.log_weights if bounded else result.log_weights_unbounded
 
 
 def log_weight_resolution(log_weights, disagreement=None, floor=LOG_WEIGHT_RESOLUTION):
@@ -594,21 +589,6 @@ def _expand(c, v):
 def _rows(x, index):
     """Draws ``index`` (a slice or index tensor on dim 0) of ``x``."""
     return x[index]
-
-
-def _per_particle(parts):
-    """Padded parts flattened to one row per particle (dim 0) and concatenated."""
-    rows = max(p.shape[0] for p in parts)
-    return torch.cat([p.expand((rows,) + p.shape[1:]).reshape(rows, -1) for p in parts], -1)
-
-
-def _join(*parts):
-    """The parts that are not ``None``, batch dims broadcast, joined on the feature dim."""
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
-    return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], -1)
 
 
 def _mean(x):

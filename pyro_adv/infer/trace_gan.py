@@ -10,11 +10,8 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch import nn
 
 from pyro_adv.distributions.implicit import unwrap
-from pyro_adv.infer.adversarial import (
-    AdversarialObjective,
-    check_discriminator_spec,
-    check_positive_int,
-)
+from pyro_adv.infer.adversarial import AdversarialObjective
+from pyro_adv.infer.checks import check_discriminator_spec, check_positive_int
 from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.two_sample import TwoSampleGame
 from pyro_adv.infer.util import depends_on_parameters, pad_batch, plate_frames

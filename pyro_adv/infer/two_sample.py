@@ -1,5 +1,7 @@
 """The bookkeeping of two-sample games (GAN, ALI): a discriminator per group of sites."""
 
+from pyro_adv.infer.adversarial import StepLosses
+
 __all__ = ["TwoSampleGame"]
 
 
@@ -43,4 +45,4 @@ class TwoSampleGame:
         }
         if getattr(self.divergence, "has_penalty", False):
             stats["gradient_penalty"] = totals["penalty"].item()
-        return estimate, g_loss, d_loss, stats
+        return StepLosses(estimate, g_loss, d_loss, stats)

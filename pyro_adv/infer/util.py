@@ -14,6 +14,7 @@ Tensors are handled in a *padded* layout: batch dims left-padded to
 ``max_plate_nesting`` (the particle plate included), then one flat feature dim.
 """
 
+import re
 from collections import OrderedDict
 
 import torch
@@ -31,7 +32,11 @@ __all__ = [
     "pad_batch",
     "plate_frames",
     "flat_features",
+    "join_features",
+    "latent_features",
+    "module_key",
     "particle_sum",
+    "per_particle_features",
     "unconstrained",
 ]
 
@@ -104,6 +109,42 @@ def unconstrained(guide_site, model_site):
     if extra > 0:
         ladj = ladj.sum(tuple(range(-extra, 0)))
     return u, u_event_dim, ladj
+
+
+def latent_features(names, value_trace, support_trace, nesting):
+    """
+    The (x, z) feature building shared by AVB and ALI: each latent's unconstrained
+    value (see :func:`unconstrained`; values read from ``value_trace``, supports
+    from ``support_trace``) in the padded layout, and its ``log |dz/du|``.
+
+    :returns: ``(parts, ladjs)``, two lists in the order of ``names``.
+    """
+    parts, ladjs = [], []
+    for name in names:
+        u, u_event_dim, ladj = unconstrained(value_trace.nodes[name], support_trace.nodes[name])
+        parts.append(flat_features(u, u_event_dim, nesting))
+        ladjs.append(ladj)
+    return parts, ladjs
+
+
+def join_features(*parts):
+    """The parts that are not ``None``, batch dims broadcast, joined on the feature dim."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], -1)
+
+
+def per_particle_features(parts):
+    """Padded parts flattened to one row per particle (dim 0) and concatenated."""
+    rows = max(p.shape[0] for p in parts)
+    return torch.cat([p.expand((rows,) + p.shape[1:]).reshape(rows, -1) for p in parts], -1)
+
+
+def module_key(key):
+    """A group key as a discriminator's name (torch module names cannot contain dots)."""
+    return re.sub(r"\W", "_", key)
 
 
 class LatentGroup:

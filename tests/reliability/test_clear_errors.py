@@ -9,8 +9,8 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyro_adv.distributions import ImplicitDensityError, ImplicitDistribution
 from pyro_adv.infer import Trace_ALI, Trace_GAN, TraceAVB_ELBO
-from pyro_adv.infer.adversarial import check_positive_int
 from pyro_adv.infer.autoguide import AutoImplicit
+from pyro_adv.infer.checks import check_positive_int
 from pyro_adv.nn import MLP, ImplicitEncoder, MLPGenerator
 from pyro_adv.training import fit
 
