@@ -244,9 +244,10 @@ def importance_diagnostics(log_weights, r_eff=1.0, up_to_constant=False, resolut
         tail's threshold (``tail_span <= resolution``), the tail is flat as far as
         the weights can tell, so bounded, with all moments finite: :math:`\hat k`
         is capped at 0 (PSIS's own value is kept as ``khat_psis``). A guide that
-        misses posterior mass has a tail spanning many nats (about 10 at
-        :math:`\hat k = 0.7` for a Gaussian guide too narrow, with 4000 draws) and
-        is not affected. ``None`` (exact weights): no cap.
+        misses posterior mass has a tail spanning several nats (a Gaussian guide
+        too narrow, with 4000 draws: about 3.2 at :math:`\hat k = 0.7`, 4.3 at
+        sd / 4) and is not affected; near-flat tails (below 1 nat: true
+        :math:`\hat k` below about 0.15 for that family) are. ``None`` (exact weights): no cap.
     :rtype: ImportanceDiagnostics
     """
     lw = _check_log_weights(log_weights, min_size=5)
