@@ -35,8 +35,6 @@ _LOG_2PI = math.log(2 * math.pi)
 REFIT_MEMBERS = 2
 REFIT_STEPS = 200
 REFIT_LR = 1e-2
-REFIT_DRAWS_PER_SAMPLE = 2
-REFIT_MIN_DRAWS = 1024
 REFIT_BATCH_ROWS = 2048
 REFIT_MAX_POOL_ROWS = 2**19
 #: nats: below this, differences between the largest estimated log-weights are not
@@ -428,8 +426,9 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         """
         Guide draws that train the discriminator: ``discriminator_particles`` in
         training; in a diagnosis with refitting, a pool for each member of the
-        ensemble, ``REFIT_DRAWS_PER_SAMPLE`` per diagnosed draw (at least
-        ``REFIT_MIN_DRAWS``), fewer where many contexts would exceed the memory bound.
+        ensemble, fresh draws for every minibatch (``REFIT_STEPS`` x
+        ``REFIT_BATCH_ROWS`` rows: reused draws overfit, measured on a 2-D guide),
+        fewer where many contexts would exceed the memory bound (then reused).
         """
         if self._refit is None or not self.adaptive_contrast:
             return self.discriminator_particles
@@ -437,7 +436,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         for part in (u, context, up):
             if torch.is_tensor(part):
                 contexts = max(contexts, math.prod(part.shape[1:-1]))
-        per_member = max(REFIT_DRAWS_PER_SAMPLE * self.num_particles, REFIT_MIN_DRAWS)
+        per_member = self._refit * max(1, REFIT_BATCH_ROWS // contexts)
         per_member = max(min(per_member, REFIT_MAX_POOL_ROWS // contexts), 64)
         return REFIT_MEMBERS * per_member
 
@@ -476,8 +475,9 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
                 for step in range(steps):
                     for group in optim.param_groups:
                         group["lr"] = REFIT_LR * (1 - step / steps)
-                    i = torch.randint(pool, (batch,), device=last.device)
-                    j = torch.randint(pool, (batch,), device=last.device)
+                    # each minibatch its own draws (reused only under the memory bound)
+                    start = (step * batch) % max(pool - batch + 1, 1)
+                    i = j = slice(start, start + batch)
                     real_batch = [_rows(x, i) for x in real]
                     fake_batch = [_rows(x, j) for x in fake]
                     loss = self.divergence.discriminator_loss(call(real_batch), call(fake_batch))
@@ -515,10 +515,11 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         guide's nearly constant weights then give false alarms (measured: see the
         diagnostics guide). So for the diagnosis the trained discriminator is
         copied twice and each copy is trained further, off the training path, on
-        its own fresh guide draws (two per diagnosed draw) against as many
-        reference draws, for ``REFIT_STEPS`` Adam steps (``refit=<int>`` sets the
-        steps); the weights use the average of the two logits. ``refit=False``
-        uses the training discriminator as it is.
+        its own fresh guide draws (new ones for every minibatch of
+        ``REFIT_BATCH_ROWS`` rows) against as many reference draws, for
+        ``REFIT_STEPS`` Adam steps (``refit=<int>`` sets the steps); the weights
+        use the average of the two logits. ``refit=False`` uses the training
+        discriminator as it is.
 
         With ``bounded=True`` (default) each logit is clipped to the range the
         discriminator(s) produced on their own training draws (per context): beyond
