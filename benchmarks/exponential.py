@@ -8,9 +8,12 @@ x = 30 (a ring), and what each costs.
 Methods:
 
 * **amortized** (one training serves every x): AVB with and without adaptive
-  contrast, and ALI on a simulation bank, trained exactly as
-  ``examples/exponential_posterior.py`` trains them (its ``train`` is imported, with
-  its default settings); a new x costs one encoder call.
+  contrast, and ALI on a simulation bank, each twice: with the library's defaults
+  (as ``examples/exponential_posterior.py`` trains them:
+  ``benchmarks.recipes.fit_exponential_*_defaults``) and with the tuned recipe
+  (``benchmarks.recipes.fit_exponential_avb`` / ``fit_exponential_ali``: deeper
+  networks, ``log1p`` contexts, more particles, hand-set rates); a new x costs one
+  encoder call.
 * **per x** (refitted for every new x, on the one-observation model
   ``exponential_model(torch.tensor([x]))``): Pyro's ``AutoNormal``,
   ``AutoMultivariateNormal`` and ``AutoIAFNormal`` (an affine autoregressive flow)
@@ -30,10 +33,8 @@ Reproduce with ``python -m benchmarks --suite full --tables exponential``; the
 figure ``exponential_samples.png`` (draws over exact contours) lands in ``--outdir``.
 """
 
-import importlib.util
 import math
 import os
-import pathlib
 import time
 
 import matplotlib
@@ -49,6 +50,13 @@ from pyro.infer.autoguide import (  # noqa: E402
     AutoNormal,
 )
 
+from benchmarks.recipes import (  # noqa: E402
+    draw_encoder,
+    fit_exponential_ali,
+    fit_exponential_ali_defaults,
+    fit_exponential_avb,
+    fit_exponential_avb_defaults,
+)
 from pyro_adv.diagnostics import c2st, moment_errors  # noqa: E402
 from pyro_adv.models import (  # noqa: E402
     exact_posterior_moments,
@@ -57,7 +65,6 @@ from pyro_adv.models import (  # noqa: E402
     exponential_model,
     posterior_summary,
 )
-from pyro_adv.models.recipes import draw_encoder  # noqa: E402
 from pyro_adv.plotting import plot_density_contours  # noqa: E402
 from pyro_adv.training import fit  # noqa: E402
 
@@ -65,14 +72,13 @@ __all__ = ["run"]
 
 X_VALUES = (1.0, 30.0)
 NUM_DRAWS = 10_000  # "time to draw 10,000 posterior samples for a new x"
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "exponential_posterior.py"
 
 BUDGETS = {
     # svi_steps: 2000 Adam steps at lr 0.03 decayed to 5% reach a plateau for all three
     # autoguides at both x: at x = 30, 6000 steps moved the -ELBO by < 0.03 nats and
     # C2ST by < 0.02
     "full": {
-        "example_args": [],
+        "amortized_kwargs": {},
         "svi_steps": 2000,
         "nuts_short": (200, 2000),  # (warm-up, draws)
         "nuts_long": (1000, NUM_DRAWS),
@@ -83,8 +89,10 @@ BUDGETS = {
     # tiny budgets for the smoke test; JIT compilation alone would take seconds, so
     # NUTS runs uncompiled, and C2ST uses 2 folds of at most 50 steps
     "quick": {
-        "example_args": ["--steps", "10", "--num-data", "256", "--batch-size", "8"]
-        + ["--particles", "4", "--ali-steps", "10", "--num-simulations", "20000"],
+        "amortized_kwargs": {
+            "avb": {"steps": 10, "num_data": 256, "batch_size": 8},
+            "ali": {"steps": 10, "num_simulations": 20_000, "num_pairs": 2000},
+        },
         "svi_steps": 20,
         "nuts_short": (5, 10),
         "nuts_long": (5, 20),
@@ -94,7 +102,25 @@ BUDGETS = {
     },
 }
 
-AMORTIZED = ("avb", "avb-plain", "ali")
+#: method -> (label, trainer, its keyword arguments, the budget's kwargs key)
+AMORTIZED = {
+    "avb-defaults": ("AVB, defaults", fit_exponential_avb_defaults, {}, "avb"),
+    "avb": ("AVB, adaptive contrast (recipe)", fit_exponential_avb, {}, "avb"),
+    "avb-plain-defaults": (
+        "AVB, no adaptive contrast, defaults",
+        fit_exponential_avb_defaults,
+        {"adaptive_contrast": False},
+        "avb",
+    ),
+    "avb-plain": (
+        "AVB, no adaptive contrast (recipe)",
+        fit_exponential_avb,
+        {"adaptive_contrast": False},
+        "avb",
+    ),
+    "ali-defaults": ("ALI, simulation bank, defaults", fit_exponential_ali_defaults, {}, "ali"),
+    "ali": ("ALI, simulation bank (recipe)", fit_exponential_ali, {}, "ali"),
+}
 AUTOGUIDES = {
     "AutoNormal": AutoNormal,
     "AutoMultivariateNormal": AutoMultivariateNormal,
@@ -103,22 +129,17 @@ AUTOGUIDES = {
 }
 
 
-def _load_example():
-    """The example script as a module: its training recipes, run rather than copied."""
-    spec = importlib.util.spec_from_file_location("exponential_posterior_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _timed(fn, *args):
     start = time.perf_counter()
     result = fn(*args)
     return result, time.perf_counter() - start
 
 
-def _amortized(example, method, args):
-    encoder, _, train_s = example.train(method, args)
+def _amortized(method, budget, seed):
+    _, trainer, kwargs, budget_key = AMORTIZED[method]
+    kwargs = dict(kwargs, **budget["amortized_kwargs"].get(budget_key, {}))
+    fitted, train_s = _timed(lambda: trainer(seed, **kwargs))
+    encoder = fitted.encoder
     fits = {}
     for x in X_VALUES:
         draws, draw_s = _timed(draw_encoder, encoder, x, NUM_DRAWS)
@@ -312,7 +333,9 @@ def _markdown(rows, budget, figure):
         "",
         "*amortized*: trained once on observations spread over x in [0, 40] (AVB) or "
         "on a bank of prior-predictive simulations (ALI), as "
-        "`examples/exponential_posterior.py` trains them; the same training time "
+        "`benchmarks/recipes.py` trains them (*defaults*: the library's, as "
+        "`examples/exponential_posterior.py`; *recipe*: the tuned settings); the same "
+        "training time "
         "serves both x, and a new x costs one encoder call. *per x*: fitted again for "
         "each x; a new x costs the fit plus the draws. Autoguides: "
         f"{budget['svi_steps']} steps of `Trace_ELBO` (8 particles, Adam lr 0.03 "
@@ -336,13 +359,10 @@ def run(quick=False, seed=0, outdir=None):
     """
     torch.set_num_threads(1)
     budget = BUDGETS["quick" if quick else "full"]
-    example = _load_example()
-    args = example.parse_args(budget["example_args"] + ["--no-progress", "--seed", str(seed)])
-
     methods, results = {}, {}
-    for method in AMORTIZED:
-        methods[method] = example.METHODS[method]
-        results[method] = _amortized(example, method, args)
+    for method, (label, *_) in AMORTIZED.items():
+        methods[method] = label
+        results[method] = _amortized(method, budget, seed)
     for name, make_guide in AUTOGUIDES.items():
         methods[name] = name
         results[name] = {x: _autoguide(make_guide, x, budget["svi_steps"], seed) for x in X_VALUES}

@@ -8,7 +8,7 @@ Methods, each with its library's defaults:
 
 * **AutoImplicit + AVB**: ``AutoImplicit(model)``, ``TraceAVB_ELBO()`` (16 particles,
   adaptive contrast) and the library's AVB schedule
-  ``pyro_adv.models.recipes.avb_default_adam(steps)`` (Adam at 5e-3 for guide and
+  ``benchmarks.recipes.avb_default_adam(steps)`` (Adam at 5e-3 for guide and
   discriminator, decayed 20-fold over the run).
 * **Pyro's autoguides** with ``Trace_ELBO()`` (one particle, Pyro's default), the same
   steps and Table 1's schedule (``ClippedAdam``, lr 0.03 decayed 20-fold; AVB's 5e-3
@@ -49,10 +49,10 @@ from pyro.infer.autoguide import (
     AutoNormalizingFlow,
 )
 
+from benchmarks.recipes import avb_default_adam, draw_guide
 from pyro_adv.diagnostics import c2st, moment_errors
 from pyro_adv.infer import TraceAVB_ELBO
 from pyro_adv.infer.autoguide import AutoImplicit
-from pyro_adv.models.recipes import avb_default_adam, draw_guide
 from pyro_adv.models.zoo import ZOO, get_model
 
 __all__ = ["BUDGETS", "METHODS", "fit_svi", "run"]

@@ -48,6 +48,8 @@ _SHORTCUTS = {
     "Discriminator": "pyro_adv.nn",
     "PairDiscriminator": "pyro_adv.nn",
     "two_timescale_adam": "pyro_adv.optim",
+    "default_optimizer": "pyro_adv.optim",
+    "raw_weights": "pyro_adv.nn",
     "fit": "pyro_adv.training",
     "save_checkpoint": "pyro_adv.training",
     "load_checkpoint": "pyro_adv.training",

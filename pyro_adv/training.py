@@ -43,15 +43,18 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "pyro_adv-checkpoint"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the objective's weight averages
 
 _LOSS_KEYS = ("loss", "generator_loss", "discriminator_loss")
-_ACCURACY_KEYS = ("discriminator_accuracy_real", "discriminator_accuracy_fake")
+_ACCURACY_KEYS = ("discriminator_accuracy_p", "discriminator_accuracy_q")
 _LOGIT_KEY = "discriminator_max_abs_logit"
 
 
 class DiscriminatorWinsWarning(UserWarning):
-    """The discriminator separates real from fake almost perfectly for many steps."""
+    """
+    The discriminator separates the two sides of its game almost perfectly for
+    many steps: p (data, simulations, a reference) from q (the model or guide).
+    """
 
 
 class NonFiniteLossWarning(UserWarning):
@@ -83,9 +86,22 @@ def _postfix(loss, stats):
         postfix["D"] = _format(stats["discriminator_loss"])
     if _has_accuracies(stats):
         postfix["acc"] = (
-            f"{stats['discriminator_accuracy_real']:.2f}/{stats['discriminator_accuracy_fake']:.2f}"
+            f"{stats['discriminator_accuracy_p']:.2f}/{stats['discriminator_accuracy_q']:.2f}"
         )
     return postfix
+
+
+def _wins_message(objective, threshold, window):
+    sides = dict(getattr(objective, "sides", None) or {})
+    p, q = sides.get("p", "target samples"), sides.get("q", "model or guide samples")
+    remedy = "a larger guide or generator"
+    if getattr(objective, "adaptive_contrast", True) is False:
+        remedy += ", or adaptive contrast (adaptive_contrast=True)"
+    return (
+        f"the discriminator has separated {q} (q) from {p} (p) with accuracy >= "
+        f"{threshold} on both sides for {window} steps; its logit is no longer a reliable "
+        f"density ratio. Try a smaller discriminator learning rate or {remedy}."
+    )
 
 
 def objective_of(svi):
@@ -136,6 +152,9 @@ def fit(
     checkpoint_path=None,
     checkpoint_every=None,
     callback=None,
+    monitor="default",
+    stop_when=None,
+    patience=3,
     **kwargs,
 ):
     r"""
@@ -144,19 +163,21 @@ def fit(
 
     The bar shows the loss and, for adversarial objectives (whose ``stats`` hold
     the last step's statistics), the generator loss ``G``, the discriminator loss
-    ``D`` and the discriminator's accuracy on guide/reference samples ``acc``.
+    ``D`` and the discriminator's accuracy on the p / q sides of its game
+    ``acc`` (p: data, simulations or AVB's reference; q: the model or guide).
     Plain Pyro objectives work too, with the loss alone.
 
     The history is a dict of lists: ``"step"``, ``"loss"`` and every scalar of the
-    objective's ``stats`` (e.g. ``"discriminator_accuracy_real"``, ``"kl"``).
+    objective's ``stats`` (e.g. ``"discriminator_accuracy_q"``, ``"kl"``).
 
     Failures that would otherwise pass silently are flagged:
 
     * the **discriminator wins**: its accuracy is at least ``win_threshold`` on
       both sides for ``win_window`` consecutive steps. Its logit is then no longer
       a usable density-ratio estimate (its gradients vanish or explode; thesis
-      section 3): warns :class:`DiscriminatorWinsWarning` once. Remedies: a
-      smaller discriminator learning rate, more guide capacity, adaptive contrast.
+      section 3): warns :class:`DiscriminatorWinsWarning` once, naming the two
+      sides (the objective's ``sides``). Remedies: a smaller discriminator
+      learning rate, a larger guide or generator, for AVB adaptive contrast.
     * **divergence**: the loss grows to ``explode_factor`` times the first step's
       (at least 1 in absolute value), e.g. an impossible ELBO of ``-1e30``, or the
       discriminator's largest absolute logit exceeds ``saturated_logit`` for
@@ -171,6 +192,20 @@ def fit(
     Any other exception propagates with the history so far attached as its
     ``history`` attribute (``except Exception as e: e.history``); a ``history``
     passed in is extended in place, so it is never lost either.
+
+    **Knowing when to stop.** ``monitor`` adds convergence signals
+    (:mod:`pyro_adv.convergence`) to the bar and the history. By default it is a
+    :class:`~pyro_adv.convergence.SmoothedLoss`: the loss (for AVB the negative ELBO
+    estimate) averaged over a window of ``clamp(num_steps // 20, 20, 200)`` steps,
+    shown as ``loss~``, with its trend in standard errors (history keys
+    ``"loss_ema"`` and ``"loss_trend"``). For GANs and ALI add a
+    :class:`~pyro_adv.convergence.TwoSampleCheck` on a held-out validation split:
+    the training discriminator's own accuracy can sit at chance while the fit is
+    wrong. ``stop_when="converged"`` stops the run once every monitor has been
+    settled (trend within its threshold, C2ST within 3 sds of chance) at
+    ``patience`` consecutive checks; ``stop_when`` may also be a callable
+    ``stop_when(history) -> bool`` evaluated after each step. Monitors restart
+    with each ``fit`` call (their state is not checkpointed).
 
     For ``discriminator_steps > 1`` the objective's extra discriminator updates
     use a copy of ``svi.optim``'s settings unless it was given its own optimizer
@@ -194,7 +229,14 @@ def fit(
     :param int checkpoint_every: save every this many steps (and at the end).
     :param callable callback: called as ``callback(step, loss, stats)`` after each
         step; returning ``True`` stops training.
-    :returns: the history.
+    :param monitor: a :class:`~pyro_adv.convergence.Monitor` or a list of them;
+        ``"default"``: a :class:`~pyro_adv.convergence.SmoothedLoss`; ``None``: none.
+    :param stop_when: ``None`` (run every step), ``"converged"`` (see above), or a
+        callable ``stop_when(history) -> bool``.
+    :param int patience: consecutive settled checks of every monitor before
+        ``stop_when="converged"`` stops.
+    :returns: the history. When a stopping rule stopped the run, its
+        ``"stopped"`` entry says at which step and why (absent otherwise).
     :rtype: dict
     """
     from tqdm.auto import tqdm
@@ -214,10 +256,19 @@ def fit(
             raise ValueError("checkpoint_every needs a checkpoint_path")
     if checkpoint_path is not None:
         _check_writable(checkpoint_path)
+    monitors = _monitors(monitor, num_steps)
+    if stop_when is not None and stop_when != "converged" and not callable(stop_when):
+        raise ValueError(f"stop_when must be None, 'converged' or a callable, got {stop_when!r}")
+    if stop_when == "converged" and not monitors:
+        raise ValueError("stop_when='converged' needs a monitor")
+    if isinstance(patience, bool) or int(patience) != patience or patience < 1:
+        raise ValueError(f"patience must be a positive integer, got {patience!r}")
     objective = objective_of(svi)
     if hasattr(objective, "use_optimizer_of"):
         objective.use_optimizer_of(svi)
     history = {"step": [], "loss": []} if history is None else history
+    history.pop("stopped", None)
+    settled_streak = [0] * len(monitors)
     start = history["step"][-1] + 1 if history.get("step") else 0
     streak, warned = 0, False
     saturated, diverge_warned, reference = 0, False, None
@@ -236,7 +287,14 @@ def fit(
                 )
                 break
             stats = dict(getattr(objective, "stats", None) or {})
-            _record(history, step, loss, stats)
+            signals = {}
+            if math.isfinite(loss):
+                for i, m in enumerate(monitors):
+                    values = m.update(step, loss, stats)
+                    if values is not None and m.settled is not None:
+                        settled_streak[i] = settled_streak[i] + 1 if m.settled else 0
+                    signals.update(values or {})
+            _record(history, step, loss, {**stats, **signals})
             if not math.isfinite(loss) or any(
                 not math.isfinite(history[k][-1]) for k in _LOSS_KEYS if k in stats
             ):
@@ -276,18 +334,22 @@ def fit(
                 if streak >= win_window and not warned:
                     warned = True
                     warnings.warn(
-                        f"step {step}: the discriminator has separated guide and reference "
-                        f"samples with accuracy >= {win_threshold} for {win_window} steps; its "
-                        "logit is no longer a reliable density ratio. Try a smaller "
-                        "discriminator learning rate, a larger guide, or adaptive contrast.",
+                        f"step {step}: {_wins_message(objective, win_threshold, win_window)}",
                         DiscriminatorWinsWarning,
                         stacklevel=2,
                     )
             if progress:
-                bar.set_postfix(_postfix(loss, stats), refresh=False)
+                postfix = _postfix(loss, stats)
+                for m in monitors:
+                    postfix.update(m.postfix())
+                bar.set_postfix(postfix, refresh=False)
             if checkpoint_every and (step + 1 - start) % checkpoint_every == 0:
                 save_checkpoint(checkpoint_path, svi, step=step + 1, history=history)
             if callback is not None and callback(step, loss, stats):
+                break
+            reason = _stop_reason(stop_when, monitors, settled_streak, patience, history)
+            if reason:
+                history["stopped"] = {"step": step, "reason": reason}
                 break
     except BaseException as e:
         # the run so far is the caller's: never lose it with the exception
@@ -303,6 +365,36 @@ def fit(
     return history
 
 
+def _monitors(monitor, num_steps):
+    from pyro_adv.convergence import Monitor, SmoothedLoss
+
+    if monitor is None:
+        return []
+    if isinstance(monitor, str):
+        if monitor != "default":
+            raise ValueError(
+                f"monitor must be a Monitor, a list, 'default' or None, got {monitor!r}"
+            )
+        return [SmoothedLoss(window=min(max(int(num_steps) // 20, 20), 200))]
+    monitors = list(monitor) if isinstance(monitor, (list, tuple)) else [monitor]
+    for m in monitors:
+        if not isinstance(m, Monitor):
+            raise TypeError(f"monitor: expected pyro_adv.convergence.Monitor objects, got {m!r}")
+        m.reset()
+    return monitors
+
+
+def _stop_reason(stop_when, monitors, streak, patience, history):
+    if stop_when is None:
+        return None
+    if stop_when == "converged":
+        if all(n >= patience for n in streak):
+            names = ", ".join(type(m).__name__ for m in monitors)
+            return f"converged: {names} settled at {patience} consecutive checks"
+        return None
+    return "stop_when(history) returned True" if stop_when(history) else None
+
+
 def _record(history, step, loss, stats):
     n = len(history.setdefault("step", []))
     history["step"].append(step)
@@ -314,7 +406,7 @@ def _record(history, step, loss, stats):
         # keys that appear late are padded, so every list lines up with "step"
         history.setdefault(key, [math.nan] * n).append(value)
     for values in history.values():
-        if len(values) < n + 1:
+        if isinstance(values, list) and len(values) < n + 1:
             values.append(math.nan)
 
 
@@ -333,6 +425,7 @@ _STATE_KEYS = {
     "discriminators",
     "guide_buffers",
     "modules",
+    "averages",
     "rng",
 }
 
@@ -462,6 +555,8 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
     * the buffers of the objective's discriminators (their input
       standardization), of the guide if it is a module, and the ``state_dict``
       of each of ``modules``;
+    * the objective's weight averages (:attr:`~pyro_adv.infer.AdversarialObjective.averages`),
+      which the sampling networks use after training;
     * the torch, numpy and Python random states (and CUDA's, where present);
     * the objective's class, ``step``, ``history`` and ``extra`` (tensors,
       numbers, strings, lists, dicts only);
@@ -497,6 +592,7 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
         ),
         "guide_buffers": _buffers(svi.guide) if isinstance(svi.guide, torch.nn.Module) else {},
         "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
+        "averages": _averages_state(objective),
         "rng": _rng_state(),
     }
     payload = _dump(state)
@@ -509,6 +605,29 @@ def save_checkpoint(path, svi, step=None, history=None, modules=None, extra=None
     tmp = f"{path}.tmp"
     torch.save(outer, tmp)
     os.replace(tmp, path)
+
+
+def _averages_state(objective):
+    averages = getattr(objective, "averages", None)
+    return None if averages is None else averages.state_dict()
+
+
+def _check_averages(state, objective, params):
+    if state is None:
+        return
+    averages = getattr(objective, "averages", None)
+    if averages is None:
+        raise CheckpointError(
+            "the checkpoint has weight averages but the objective keeps none (ema_decay=None); "
+            "build the objective as in the saved run"
+        )
+    if not isinstance(state, dict) or not isinstance(state.get("shadows"), dict):
+        raise CheckpointError("malformed weight averages in the checkpoint")
+    for name, shadow in state["shadows"].items():
+        if name not in params or params[name].shape != shadow.shape:
+            raise CheckpointError(
+                f"the checkpoint's weight average of {name!r} matches no param of that shape"
+            )
 
 
 def _read(path, map_location):
@@ -650,6 +769,7 @@ def load_checkpoint(path, svi, *args, modules=None, restore_rng=True, map_locati
                 "the checkpoint has the state of a discriminator_optim given to the objective; "
                 "pass the same discriminator_optim to it"
             )
+    _check_averages(state["averages"], objective, params)
     if restore_rng and not (isinstance(state["rng"], dict) and "torch" in state["rng"]):
         raise CheckpointError("malformed random state in the checkpoint")
 
@@ -674,6 +794,9 @@ def load_checkpoint(path, svi, *args, modules=None, restore_rng=True, map_locati
                 objective.use_optimizer_of(svi)
         if state["discriminator_optim"] is not None:
             _set_optim_state(objective.discriminator_optim, state["discriminator_optim"])
+    if state["averages"] is not None:
+        objective.averages.load_state_dict(state["averages"])
+        objective.averages.rebind(params)
     if restore_rng:
         _set_rng_state(state["rng"])
     return {"step": state["step"], "history": state["history"], "extra": state["extra"]}

@@ -100,12 +100,13 @@ def _map():
     def guide(x, idx):
         pyro.sample("z", dist.Delta(pyro.param("loc", torch.tensor(0.5))))
 
-    return model, guide, TraceAVB_ELBO(num_particles=1), lambda idx: (x, idx)
+    return model, guide, TraceAVB_ELBO(num_particles=1, ema_decay=0.999), lambda idx: (x, idx)
 
 
 PROBLEMS = {
     "avb": lambda: _amortized(
         TraceAVB_ELBO(
+            ema_decay=0.999,
             num_particles=4,
             moment_particles=32,
             discriminator_particles=16,
@@ -156,7 +157,7 @@ def _train_rank(problem, broken=False, guard=True, checkpoint=None):
         if checkpoint is not None and step == STEPS // 2:
             distributed.save_checkpoint(checkpoint, svi, step=step)
         svi.step(*step_args(batches.indices(step)))
-    return _params()
+    return _params(), objective.averages.state_dict()["shadows"]
 
 
 class _Everything(set):
@@ -171,11 +172,13 @@ def _worker(rank, path, results, checkpoint):
     )
     try:
         pyro.enable_validation(True)
-        out = {
-            p: _train_rank(p, checkpoint=checkpoint if p == "gan_exact" else None) for p in PROBLEMS
-        }
-        out["gan_broken"] = _train_rank("gan", broken=True, guard=False)
-        out["gan_exact_broken"] = _train_rank("gan_exact", broken=True, guard=False)
+        out = {}
+        for p in PROBLEMS:
+            out[p], out[f"{p}_averages"] = _train_rank(
+                p, checkpoint=checkpoint if p == "gan_exact" else None
+            )
+        out["gan_broken"] = _train_rank("gan", broken=True, guard=False)[0]
+        out["gan_exact_broken"] = _train_rank("gan_exact", broken=True, guard=False)[0]
         try:  # with the guard, the un-averaged extra updates are refused at once
             _train_rank("gan_exact", broken=True)
         except distributed.ParameterMismatchError as e:
@@ -264,6 +267,10 @@ def _assert_close(a, b, atol=1e-5):
 def test_ranks_stay_identical(ranks):
     for problem in PROBLEMS:
         _assert_close(ranks[0][problem], ranks[1][problem], atol=0)
+        # the weight averages the sampling networks use, too
+        averages = ranks[0][f"{problem}_averages"]
+        assert averages and not any(is_discriminator_param(k) for k in averages)
+        _assert_close(averages, ranks[1][f"{problem}_averages"], atol=0)
     assert any(is_discriminator_param(k) for k in ranks[0]["gan"])
 
 
@@ -310,6 +317,8 @@ def test_checkpoint_of_two_ranks_resumes_on_one(ranks):
     for step in range(STEPS // 2, STEPS):
         svi.step(*step_args(batches.global_indices(step)))
     _assert_close(_params(), ranks[0]["gan_exact"])
+    # the averages were saved and restored: they continue as the two ranks' did
+    _assert_close(objective.averages.state_dict()["shadows"], ranks[0]["gan_exact_averages"])
 
 
 def test_parameters_that_differ_are_refused(ranks):

@@ -18,6 +18,7 @@ from pyro_adv.training import (
     NonFiniteLossWarning,
     fit,
     load_checkpoint,
+    objective_of,
     save_checkpoint,
 )
 
@@ -41,8 +42,8 @@ class FakeObjective:
             "loss": loss,
             "generator_loss": loss,
             "discriminator_loss": 0.01,
-            "discriminator_accuracy_real": self.accuracy,
-            "discriminator_accuracy_fake": self.accuracy,
+            "discriminator_accuracy_p": self.accuracy,
+            "discriminator_accuracy_q": self.accuracy,
         }
         return loss
 
@@ -62,7 +63,8 @@ def test_fit_plain_pyro_objective(data):
     cg = ConjugateGaussian()
     svi = SVI(cg.model, AutoNormal(cg.model), pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     history = fit(svi, 30, data, progress=False)
-    assert set(history) == {"step", "loss"}
+    # the default monitor smooths the loss (pyro_adv.convergence.SmoothedLoss)
+    assert set(history) == {"step", "loss", "loss_ema"}  # no trend before 2 windows
     assert history["step"] == list(range(30))
     assert history["loss"][-1] < history["loss"][0]
     more = fit(svi, 5, data, history=history, progress=True, desc="more")
@@ -80,8 +82,8 @@ def test_fit_records_adversarial_stats(data):
         "loss",
         "generator_loss",
         "discriminator_loss",
-        "discriminator_accuracy_real",
-        "discriminator_accuracy_fake",
+        "discriminator_accuracy_p",
+        "discriminator_accuracy_q",
         "kl",
     ):
         assert len(history[key]) == 5
@@ -120,7 +122,7 @@ def _make_svi(kind):
     cg = ConjugateGaussian()
     if kind == "avb":
         guide = AutoImplicit(cg.model, hidden_dims=(16,))
-        objective = TraceAVB_ELBO(num_particles=8, discriminator_hidden_dims=(16,))
+        objective = TraceAVB_ELBO(num_particles=8, discriminator_hidden_dims=(16,), ema_decay=0.999)
     else:
         guide = AutoNormal(cg.model)
         objective = Trace_ELBO()
@@ -131,12 +133,19 @@ def _params():
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
+def _averages(svi):
+    averages = getattr(objective_of(svi), "averages", None)
+    return None if averages is None else averages.state_dict()
+
+
 @pytest.mark.parametrize("kind", ["trace_elbo", "avb"])
 def test_checkpoint_resumes_exactly(kind, data, tmp_path):
     k = 15
     pyro.set_rng_seed(123)
-    fit(_make_svi(kind), 2 * k, data, progress=False)
+    first = _make_svi(kind)
+    fit(first, 2 * k, data, progress=False)
     uninterrupted = _params()
+    uninterrupted_averages = _averages(first)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(123)
@@ -158,6 +167,13 @@ def test_checkpoint_resumes_exactly(kind, data, tmp_path):
         assert any(name.startswith("discriminator_") for name in params)
     for name in params:
         assert torch.equal(params[name], uninterrupted[name]), name
+    if kind == "avb":
+        # the weight averages were saved and restored, and went on as uninterrupted
+        averages = _averages(svi)
+        assert averages["num_updates"] == 2 * k
+        assert averages["shadows"].keys() == uninterrupted_averages["shadows"].keys()
+        for name, shadow in averages["shadows"].items():
+            assert torch.equal(shadow, uninterrupted_averages["shadows"][name]), name
 
 
 def test_checkpoint_is_weights_only_and_checks_input(data, tmp_path):

@@ -26,27 +26,14 @@ from pyro_adv.infer.checks import (
     StepChecks,
     check_positive_int,
 )
+from pyro_adv.infer.util import DISCRIMINATOR_PREFIX, is_discriminator_param, module_key
+from pyro_adv.nn.averaging import ParameterEMA, raw_weights
 
 __all__ = [
     "AdversarialObjective",
     "StepLosses",
     "is_discriminator_param",
 ]
-
-#: Default prefix of discriminator modules in the param store.
-DISCRIMINATOR_PREFIX = "discriminator"
-
-
-def is_discriminator_param(name, prefix=DISCRIMINATOR_PREFIX):
-    """
-    Whether a param-store name belongs to a discriminator, for per-player
-    optimizer settings through Pyro's per-parameter callable::
-
-        def per_param(name):
-            return {"lr": 1e-3 if is_discriminator_param(name) else 3e-4}
-        svi = SVI(model, guide, pyro.optim.Adam(per_param), loss=TraceAVB_ELBO())
-    """
-    return name.startswith(prefix)
 
 
 class StepLosses(NamedTuple):
@@ -113,7 +100,18 @@ class AdversarialObjective(StepChecks, ELBO):
         with a warning.
     :param str discriminator_prefix: prefix of the discriminators' names in the
         param store.
+    :param float ema_decay: the largest decay of the exponential moving average
+        of the trained guide/model parameters (not the discriminators') kept in
+        :attr:`averages` (:class:`~pyro_adv.nn.averaging.ParameterEMA`); the
+        sampling networks (``ImplicitEncoder``, ``MLPGenerator``, ``AutoImplicit``)
+        sample with it outside training. ``None`` turns averaging off.
     """
+
+    #: what the two sides of the discriminator's game are, as in
+    #: :mod:`~pyro_adv.infer.divergences`: ``p`` the target side (data, simulations,
+    #: a reference), ``q`` the side being fitted (the model or the guide). Statistics
+    #: name them so: ``discriminator_accuracy_p`` / ``discriminator_accuracy_q``.
+    sides = {"p": "target samples", "q": "model or guide samples"}
 
     def __init__(
         self,
@@ -123,6 +121,7 @@ class AdversarialObjective(StepChecks, ELBO):
         discriminator_steps=1,
         discriminator_optim=None,
         discriminator_prefix=DISCRIMINATOR_PREFIX,
+        ema_decay=0.999,
     ):
         owner = type(self).__name__
         num_particles = check_positive_int(num_particles, "num_particles", owner)
@@ -150,6 +149,11 @@ class AdversarialObjective(StepChecks, ELBO):
         #: optimizer's settings), "default" or None (not built yet)
         self.discriminator_optim_source = "user" if discriminator_optim is not None else None
         self.discriminator_prefix = discriminator_prefix
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"{owner}: ema_decay must be in [0, 1) or None, got {ema_decay!r}")
+        self.ema_decay = ema_decay
+        #: the weight averages of the trained parameters (``None`` without averaging)
+        self.averages = None if ema_decay is None else ParameterEMA(ema_decay)
         self.discriminators = torch.nn.ModuleDict()
         #: statistics of the latest step (losses, discriminator accuracy, estimates)
         self.stats = {}
@@ -166,6 +170,7 @@ class AdversarialObjective(StepChecks, ELBO):
         ``SVI`` captures and updates its parameters. A non-finite ``example`` is
         refused before anything is fixed, naming the sites with non-finite values.
         """
+        key = module_key(key)
         if key not in self.discriminators:
             self._build_discriminator(key, factory, example)
         module = self.discriminators[key]
@@ -178,6 +183,7 @@ class AdversarialObjective(StepChecks, ELBO):
         where it has one (lazy sizing and input standardization), else ``probe(module)``
         or ``module(example)`` without gradient.
         """
+        key = module_key(key)
         store = pyro.get_param_store()
         prefix = f"{self.discriminator_prefix}_{key}"
         stale = [name for name in store.keys() if name.startswith(prefix + "$$$")]
@@ -264,6 +270,8 @@ class AdversarialObjective(StepChecks, ELBO):
             self._nesting_guessed = False
         self.stats = {}
         self._reset_checks()
+        if self.averages is not None:
+            self.averages.reset()
 
     def _setup(self, model, guide, args, kwargs):
         """First-call set-up (again after a rebuild): the plate-nesting guess."""
@@ -396,6 +404,10 @@ class AdversarialObjective(StepChecks, ELBO):
         A run trained with one particle had no particle plate, so the bound on
         plate nesting gets room for one.
         """
+        with raw_weights():
+            return self._evaluate_raw(model, guide, args, kwargs, num_particles)
+
+    def _evaluate_raw(self, model, guide, args, kwargs, num_particles):
         self._prepare_evaluation(model, guide, args, kwargs)
         saved = self.num_particles, self.max_plate_nesting
         if num_particles is not None:
@@ -417,15 +429,18 @@ class AdversarialObjective(StepChecks, ELBO):
             computing gradients or updating anything.
         :rtype: float
         """
-        self._prepare_evaluation(model, guide, args, kwargs)
-        with torch.no_grad(), self._explaining(model, guide, args, kwargs):
-            reported, _, _, stats = self._losses(model, guide, args, kwargs)[:4]
+        with raw_weights():
+            self._prepare_evaluation(model, guide, args, kwargs)
+            with torch.no_grad(), self._explaining(model, guide, args, kwargs):
+                reported, _, _, stats = self._losses(model, guide, args, kwargs)[:4]
         self.stats = stats
         self._remember(model, guide, args, kwargs)
         return reported.item()
 
     def _surrogate(self, model, guide, args, kwargs):
         """One training evaluation: ``(reported, surrogate, stats, params)``."""
+        if self.averages is not None:
+            self.averages.update()  # the previous step's optimizer update
         self._prepare(model, guide, args, kwargs)
         self._extra_discriminator_updates(model, guide, args, kwargs)
         for module in self.discriminators.values():
@@ -445,6 +460,8 @@ class AdversarialObjective(StepChecks, ELBO):
             for name, site in capture.trace.nodes.items()
             if not is_discriminator_param(name, self.discriminator_prefix)
         }
+        if self.averages is not None:
+            self.averages.track(params)
         return reported, g_loss + d_loss, stats, params
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
@@ -456,7 +473,8 @@ class AdversarialObjective(StepChecks, ELBO):
         :returns: the reported loss estimate (for AVB the negative ELBO).
         :rtype: float
         """
-        reported, surrogate, stats, params = self._surrogate(model, guide, args, kwargs)
+        with raw_weights():
+            reported, surrogate, stats, params = self._surrogate(model, guide, args, kwargs)
         if surrogate.requires_grad:
             surrogate.backward()
         else:
@@ -490,7 +508,8 @@ class AdversarialObjective(StepChecks, ELBO):
 
         :rtype: torch.Tensor
         """
-        reported, surrogate, stats, _ = self._surrogate(model, guide, args, kwargs)
+        with raw_weights():
+            reported, surrogate, stats, _ = self._surrogate(model, guide, args, kwargs)
         self.stats = stats
         self._remember(model, guide, args, kwargs)
         return surrogate
@@ -503,3 +522,24 @@ class AdversarialObjective(StepChecks, ELBO):
         objectives take the data in the call.)
         """
         return self.differentiable_loss(model, guide, *args, **kwargs)
+
+    # ---------------------------------------------------------------- defaults
+    #: keyword arguments of :func:`~pyro_adv.optim.two_timescale_adam` for
+    #: :meth:`default_optim` (each objective sets its own)
+    default_optim_settings = {"lr": 1e-3}
+
+    def default_optim(self, num_steps, **overrides):
+        """
+        The optimizer this objective trains best with by default
+        (:func:`pyro_adv.optim.default_optimizer`: :attr:`default_optim_settings`,
+        the rates decaying over ``num_steps``)::
+
+            avb = TraceAVB_ELBO()
+            svi = SVI(model, guide, avb.default_optim(num_steps), avb)
+
+        :param int num_steps: the number of ``svi.step`` calls of the run.
+        :param overrides: arguments of :func:`~pyro_adv.optim.two_timescale_adam`.
+        """
+        from pyro_adv.optim import default_optimizer
+
+        return default_optimizer(self, num_steps, **overrides)

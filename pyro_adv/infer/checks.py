@@ -29,6 +29,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
+from pyro_adv.nn.averaging import raw_weights
+
 __all__ = [
     "NonFiniteLossError",
     "ObjectiveMismatchWarning",
@@ -231,7 +233,8 @@ class StepChecks:
         A guide trace and the model replayed on it, outside the training's random
         stream (the random state is restored) and hidden from outer handlers.
         """
-        with torch.random.fork_rng(devices=[]), poutine.block():
+        # the raw weights, as in training (pyro_adv.nn.averaging)
+        with torch.random.fork_rng(devices=[]), poutine.block(), raw_weights():
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
                 *args, **kwargs

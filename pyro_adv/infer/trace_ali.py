@@ -57,8 +57,8 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
 
     .. math::
 
-        p(x, z) = p(z)\, p_\theta(x \mid z) \quad\text{("real": the model run forward)},
-        \qquad q(x, z) = p_D(x)\, q_\gamma(z \mid x) \quad\text{("fake": data and guide)},
+        p(x, z) = p(z)\, p_\theta(x \mid z) \quad\text{(the p side: the model run forward)},
+        \qquad q(x, z) = p_D(x)\, q_\gamma(z \mid x) \quad\text{(the q side: data and guide)},
 
     where :math:`p_D` is the distribution of the data passed to ``svi.step``. The
     thesis's objective (eq. 32) is the expected posterior KL,
@@ -117,8 +117,8 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
     e.g. of :math:`KL(q(x,z) \| p(x,z))`; it includes :math:`KL(p_D \| p)`, so it
     does not go to zero on a finite data set). :attr:`stats` keeps the last step's
     ``loss`` (= ``divergence``), ``generator_loss``, ``discriminator_loss``,
-    ``discriminator_accuracy_real`` (simulated pairs), ``discriminator_accuracy_fake``
-    (guide pairs) and ``divergence``.
+    ``discriminator_accuracy_p`` (on simulated pairs), ``discriminator_accuracy_q``
+    (on data and guide pairs) and ``divergence``.
 
     Example (thesis section 4.2.1, amortized over the prior predictive; see
     ``examples/exponential_posterior.py`` for the full recipe)::
@@ -155,7 +155,20 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
     :param int discriminator_steps: discriminator updates per step (default 1).
     :param pyro.optim.PyroOptim discriminator_optim: optimizer of the extra updates.
     :param str discriminator_prefix: param-store prefix of the discriminators.
+    :param float ema_decay: largest decay of the weight averages the sampling
+        networks use after training (:mod:`pyro_adv.nn.averaging`); ``None``: off.
     """
+
+    #: the two sides of the discriminator's game: ``p`` the model run forward, ``q`` data and guide
+    sides = {"p": "simulated (x, z) pairs", "q": "data-and-guide (x, z) pairs"}
+    #: :func:`~pyro_adv.optim.default_optimizer`'s settings: the discriminator 4 times
+    #: faster than the guide, GAN momentum, both decayed 20-fold over the run
+    default_optim_settings = {
+        "lr": 2e-3,
+        "discriminator_lr": 8e-3,
+        "decay": 0.05,
+        "betas": (0.5, 0.9),
+    }
 
     def __init__(
         self,
@@ -170,6 +183,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         discriminator_steps=1,
         discriminator_optim=None,
         discriminator_prefix="discriminator",
+        ema_decay=0.999,
     ):
         if num_particles is not None and (int(num_particles) != num_particles or num_particles < 1):
             raise ValueError(
@@ -188,6 +202,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             discriminator_steps=discriminator_steps,
             discriminator_optim=discriminator_optim,
             discriminator_prefix=discriminator_prefix,
+            ema_decay=ema_decay,
         )
         self._choose_particles = num_particles is None
         self._particles_given = num_particles

@@ -88,7 +88,8 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
     (the bound above, in the units of the chosen divergence; for ``"minimax"``
     and ``"nonsaturating"`` it is :math:`2\,JSD - \log 4`). :attr:`stats` keeps the
     last step's ``loss``, ``generator_loss``, ``discriminator_loss``,
-    ``discriminator_accuracy_real``, ``discriminator_accuracy_fake`` and
+    ``discriminator_accuracy_p`` (on data), ``discriminator_accuracy_q`` (on
+    the model's simulations) and
     ``divergence``. The guide must have no sample sites: pass
     ``lambda *args, **kwargs: None``.
 
@@ -141,7 +142,21 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
         ``n_critic``; default 1).
     :param pyro.optim.PyroOptim discriminator_optim: optimizer of the extra updates.
     :param str discriminator_prefix: param-store prefix of the discriminators.
+    :param float ema_decay: largest decay of the weight averages the sampling
+        networks use after training (:mod:`pyro_adv.nn.averaging`); ``None``: off.
     """
+
+    #: the two sides of the discriminator's game: ``p`` the data, ``q`` the model
+    sides = {"p": "data", "q": "model simulations"}
+    #: :func:`~pyro_adv.optim.default_optimizer`'s settings: the discriminator 4 times
+    #: faster (TTUR), GAN momentum, the generator's rate decayed 10-fold over the run
+    default_optim_settings = {
+        "lr": 1e-3,
+        "discriminator_lr": 4e-3,
+        "decay": 0.1,
+        "decay_discriminator": False,
+        "betas": (0.5, 0.999),
+    }
 
     def __init__(
         self,
@@ -155,6 +170,7 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
         discriminator_steps=1,
         discriminator_optim=None,
         discriminator_prefix="discriminator",
+        ema_decay=0.999,
     ):
         num_particles = check_positive_int(num_particles, "num_particles", "Trace_GAN")
         if condition is not None and not callable(condition):
@@ -167,6 +183,7 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
             discriminator_steps=discriminator_steps,
             discriminator_optim=discriminator_optim,
             discriminator_prefix=discriminator_prefix,
+            ema_decay=ema_decay,
         )
         self.divergence = get_divergence(divergence)
         self.discriminator_spec = discriminator

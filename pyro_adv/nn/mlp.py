@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from pyro_adv.nn.averaging import call_averaged
+
 __all__ = ["MLP", "get_activation"]
 
 _ACTIVATIONS = {
@@ -56,7 +58,12 @@ class MLP(nn.Module):
     :param device: where an eagerly built network (``input_dim`` given) is created
         (default: the CPU, as ``nn.Linear``).
     :param dtype: its dtype (default: ``torch.get_default_dtype()``).
+    :ivar bool use_averages: sample with the weight averages an objective keeps
+        (:mod:`pyro_adv.nn.averaging`) outside training; ``False`` for a plain MLP
+        and for discriminators, ``True`` for the sampling networks.
     """
+
+    use_averages = False
 
     def __init__(
         self,
@@ -155,4 +162,6 @@ class MLP(nn.Module):
             x = x.to(dtype)
         if self.standardize_input:
             x = (x - self.input_loc) / self.input_scale
+        if self.use_averages:
+            return call_averaged(self.net, self.net, x)
         return self.net(x)

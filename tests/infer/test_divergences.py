@@ -9,6 +9,7 @@ from pyro_adv.infer.divergences import (
     DIVERGENCES,
     Divergence,
     NonSaturating,
+    TotalVariation,
     Wasserstein,
     get_divergence,
 )
@@ -85,9 +86,10 @@ def test_bound_is_tight_at_the_log_ratio(name):
     # Fenchel equality at T* = f'(u): f*(f'(u)) = u f'(u) - f(u), i.e. the bound (15)
     # equals D_f when the logit is the log density ratio.
     div = get_divergence(name)
-    v = torch.linspace(-3.0, 3.0, 61, dtype=torch.float64)
+    log_u = torch.linspace(-3.0, 3.0, 61, dtype=torch.float64)
+    v = div.optimal_logit(log_u)
     lhs = div.conjugate(v)
-    rhs = v.exp() * div.activation(v) - div.f(v)
+    rhs = log_u.exp() * div.activation(v) - div.f(log_u)
     assert torch.allclose(lhs, rhs, atol=1e-9), (lhs - rhs).abs().max()
 
 
@@ -139,6 +141,36 @@ def test_accuracy_and_log_ratio():
     with pytest.raises(NotImplementedError):
         get_divergence("wasserstein").f(real)
     assert isinstance(get_divergence("pearson"), Divergence)
+
+
+def test_pearson_uses_the_identity_activation():
+    # f-GAN's output activation (Nowozin et al. 2016, table 2): T = v, f*(T) = T + T^2/4;
+    # the exponential one, T = 2(e^v - 1), froze the critic (Table 3: energy distance 0.76)
+    pearson = get_divergence("pearson")
+    v = torch.linspace(-1.9, 5.0, 50, dtype=torch.float64)
+    assert torch.equal(pearson.activation(v), v)
+    # log_ratio inverts optimal_logit; the critic's gradient does not vanish for v << 0
+    log_u = torch.linspace(-4.0, 3.0, 50, dtype=torch.float64)
+    assert torch.allclose(pearson.log_ratio(pearson.optimal_logit(log_u)), log_u)
+    v = torch.tensor([-10.0, -5.0], requires_grad=True)
+    pearson.discriminator_loss(v[:1], v[1:]).backward()
+    assert (v.grad.abs() > 0.5).all()
+    assert torch.isfinite(pearson.log_ratio(torch.tensor([-3.0]))).all()
+
+
+def test_total_variation_logit_penalty():
+    tv = get_divergence("total_variation")
+    assert tv.logit_penalty == 0.1 and "logit_penalty=0.1" in repr(tv)
+    # a critic saturated at v << 0 on both sides (accuracy 0/1): the plain bound is
+    # flat there, the penalty pulls the logits back to where tanh has a slope
+    v = torch.full((8,), -6.0, requires_grad=True)
+    TotalVariation(logit_penalty=0.0).discriminator_loss(v[:4], v[4:]).backward()
+    assert v.grad.abs().max() < 1e-4
+    v.grad = None
+    tv.discriminator_loss(v[:4], v[4:]).backward()
+    assert (v.grad < -0.1).all()  # descent moves the logits up, toward 0
+    with pytest.raises(ValueError, match="logit_penalty"):
+        TotalVariation(logit_penalty=-1.0)
 
 
 # -------------------------------------------- discriminators trained to optimum

@@ -9,10 +9,7 @@ from pyro.infer import SVI, Predictive
 from pyro.optim import Adam
 from torch import nn
 
-from pyro_adv.distributions import ImplicitDistribution
-from pyro_adv.infer import Trace_GAN
-from pyro_adv.models.gan_targets import bivariate_normal_gan, sample_bivariate_normal
-from pyro_adv.models.recipes import (
+from benchmarks.recipes import (
     evaluate_gan_bivariate,
     evaluate_gan_mixture,
     failures,
@@ -21,6 +18,9 @@ from pyro_adv.models.recipes import (
     gan_adam,
     no_guide,
 )
+from pyro_adv.distributions import ImplicitDistribution
+from pyro_adv.infer import Trace_GAN
+from pyro_adv.models.gan_targets import bivariate_normal_gan, sample_bivariate_normal
 from pyro_adv.nn import ImplicitEncoder
 
 
@@ -91,8 +91,8 @@ def test_step_returns_float_and_keeps_stats():
         "loss",
         "generator_loss",
         "discriminator_loss",
-        "discriminator_accuracy_real",
-        "discriminator_accuracy_fake",
+        "discriminator_accuracy_p",
+        "discriminator_accuracy_q",
         "divergence",
         "discriminator_max_abs_logit",  # for fit's saturation check
     }

@@ -14,10 +14,10 @@ import pytest
 import torch
 from pyro.infer import SVI
 
+from benchmarks.recipes import avb_default_adam, draw_guide
 from pyro_adv.diagnostics import c2st, moment_errors
 from pyro_adv.infer import TraceAVB_ELBO
 from pyro_adv.infer.autoguide import AutoImplicit
-from pyro_adv.models.recipes import avb_default_adam, draw_guide
 from pyro_adv.models.zoo import get_model
 
 pytest.importorskip("sklearn")

@@ -21,7 +21,7 @@ from pyro.infer.autoguide import AutoNormal
 from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.util import site_is_subsample
 
-from pyro_adv.models.recipes import draw_guide
+from benchmarks.recipes import draw_guide
 from pyro_adv.models.zoo import (
     REFERENCE_DIR,
     ZOO,

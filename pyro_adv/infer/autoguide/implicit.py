@@ -8,6 +8,8 @@ from pyro.infer.autoguide.initialization import init_to_median
 from torch.distributions import biject_to
 
 from pyro_adv.distributions.implicit import ImplicitDistribution, ImplicitValue
+from pyro_adv.nn.averaging import averaged_value, raw_weights
+from pyro_adv.nn.mixture import MixtureMLP
 from pyro_adv.nn.mlp import MLP
 
 __all__ = ["AutoImplicit"]
@@ -42,6 +44,10 @@ class AutoImplicit(AutoContinuous):
     Using it with :class:`~pyro.infer.Trace_ELBO` raises an error that names the
     adversarial objectives.
 
+    Outside training it samples with the weight average its objective keeps
+    (:mod:`pyro_adv.nn.averaging`); set ``guide.use_averages = False`` for the
+    raw weights.
+
     :param callable model: a Pyro model with continuous latents.
     :param int noise_dim: width of the noise (default ``latent_dim + 1``).
     :param tuple hidden_dims: hidden widths of the sampler network.
@@ -49,7 +55,18 @@ class AutoImplicit(AutoContinuous):
     :param callable init_loc_fn: per-site initialization (see
         :mod:`pyro.infer.autoguide.initialization`); the sampler starts centred there.
     :param float init_scale: initial spread of the samples in unconstrained space.
+    :param int num_components: ``K``: the sampler is a mixture of ``K`` networks
+        sharing their hidden layers, one picked per draw by a bin of the last noise
+        coordinate (:class:`~pyro_adv.nn.MixtureMLP`), so it can put mass on separated
+        modes without a bridge between them. Each component starts at its own place:
+        prior draws reflected about the init in antithetic pairs, so the components
+        start spread over the prior and gradient descent carries them into different
+        modes (see :doc:`/guide/modes`). ``1`` is a single network.
+    :param float component_spread: multiplies the components' starting offsets from
+        the init (default 1: the prior draws themselves).
     """
+
+    use_averages = True
 
     def __init__(
         self,
@@ -60,6 +77,8 @@ class AutoImplicit(AutoContinuous):
         activation="elu",
         init_loc_fn=init_to_median,
         init_scale=0.1,
+        num_components=1,
+        component_spread=None,
     ):
         if init_scale <= 0:
             raise ValueError(f"AutoImplicit: init_scale must be positive, got {init_scale}")
@@ -73,6 +92,8 @@ class AutoImplicit(AutoContinuous):
         self.hidden_dims = tuple(hidden_dims)
         self.activation = activation
         self._init_scale = init_scale
+        self.num_components = num_components
+        self.component_spread = 1.0 if component_spread is None else component_spread
         super().__init__(model, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
@@ -95,23 +116,65 @@ class AutoImplicit(AutoContinuous):
         init = self._init_loc().detach()
         self.loc = torch.nn.Parameter(init)
         # a small last layer starts the sampler as a narrow cloud around the init
-        self.sampler = MLP(
-            self.noise_dim,
-            self.latent_dim,
-            self.hidden_dims,
-            self.activation,
-            output_scale=self._init_scale,
-            device=init.device,
-            dtype=init.dtype,
-        )
+        if self.num_components > 1:
+            self.sampler = MixtureMLP(
+                self.noise_dim,
+                self.latent_dim,
+                self.num_components,
+                self.hidden_dims,
+                self.activation,
+                output_scale=self._init_scale,
+                device=init.device,
+                dtype=init.dtype,
+            )
+        else:
+            self.sampler = MLP(
+                self.noise_dim,
+                self.latent_dim,
+                self.hidden_dims,
+                self.activation,
+                output_scale=self._init_scale,
+                device=init.device,
+                dtype=init.dtype,
+            )
+        if self.num_components > 1:
+            with torch.no_grad():
+                self.sampler.offsets.copy_(self._component_offsets(init))
+        self.sampler.use_averages = True
         self.register_buffer("_noise_loc", init.new_zeros(self.noise_dim))
+
+    def _component_offsets(self, init):
+        # prior draws reflected about the init (antithetic pairs): the components start
+        # spread over the prior, on both sides of the init, each in its own basin
+        pairs = (self.num_components + 1) // 2
+        draws = []
+        for _ in range(pairs):
+            parts = []
+            for _, site in self.prototype_trace.iter_stochastic_nodes():
+                transform = biject_to(site["fn"].support)
+                try:
+                    u = transform.inv(site["fn"].sample().detach())
+                except NotImplementedError:
+                    # an improper prior (ImproperUniform) cannot be sampled: N(0, 1)
+                    # around the site's init in unconstrained space
+                    u = transform.inv(site["value"].detach())
+                    u = u + torch.randn_like(u)
+                parts.append(u.reshape(-1))
+            draws.append(torch.cat(parts).to(init) - init)
+        half = torch.stack(draws)
+        return torch.cat([half, -half])[: self.num_components] * self.component_spread
 
     def get_posterior(self, *args, **kwargs):
         """The joint implicit posterior over the packed unconstrained latent vector."""
         noise = dist.Normal(self._noise_loc, 1.0).to_event(1)
-        return ImplicitDistribution(
-            lambda eps: self.loc + self.sampler(eps), noise, event_shape=(self.latent_dim,)
-        )
+        return ImplicitDistribution(self._generate, noise, event_shape=(self.latent_dim,))
+
+    def _generate(self, eps):
+        # the weight averages outside training (see pyro_adv.nn.averaging)
+        if not self.use_averages:
+            with raw_weights():
+                return self.loc + self.sampler(eps)
+        return averaged_value(self.loc) + self.sampler(eps)
 
     def forward(self, *args, **kwargs):
         """

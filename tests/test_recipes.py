@@ -2,7 +2,7 @@
 
 import math
 
-from pyro_adv.models.recipes import TOLERANCES, describe_tolerance, failures
+from benchmarks.recipes import TOLERANCES, describe_tolerance, failures
 
 
 def test_failures_reads_bounds_intervals_and_nan():
