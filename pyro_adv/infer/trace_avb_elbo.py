@@ -9,6 +9,7 @@ from torch.func import functional_call
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses, check_positive_int
+from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.infer.contrast import conditional_gaussian
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.particles import ParticleTraces
@@ -255,11 +256,19 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             up = self._upstream_value(group, upstream, guide_trace, model_trace)
             context = context_features(model_trace, group, nesting, 0)
             if self.adaptive_contrast:
-                if reference_trace is None:
-                    num_draws = self.moment_particles + self._positive_draws(context, up, u)
-                    reference_trace = self._guide_draws(guide, num_draws, args, kwargs, guide_trace)
-                ref_u, _ = self._group_value(group, reference_trace, model_trace)
-                ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
+                num_draws = self.moment_particles + self._positive_draws(context, up, u)
+                if not upstream and _draws_whole_group(guide, group):
+                    # AutoImplicit: the same draws from its sampler, without a traced run
+                    with torch.no_grad():
+                        draws = guide.draw_unconstrained(num_draws, *args, **kwargs)
+                    ref_u, ref_up = draws.reshape(num_draws, -1), None
+                else:
+                    if reference_trace is None:
+                        reference_trace = self._guide_draws(
+                            guide, num_draws, args, kwargs, guide_trace
+                        )
+                    ref_u, _ = self._group_value(group, reference_trace, model_trace)
+                    ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
                 terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:
                 with torch.no_grad(), poutine.block():
@@ -628,3 +637,12 @@ def _rows(x, index):
 
 def _mean(x):
     return x.mean() if torch.is_tensor(x) else torch.as_tensor(x)
+
+
+def _draws_whole_group(guide, group):
+    """Whether ``guide`` is an AutoImplicit whose one joint draw is exactly ``group``."""
+    if not isinstance(guide, AutoImplicit) or group.joint is None:
+        return False
+    if group.joint != guide.joint_name or guide.prototype_trace is None:
+        return False
+    return group.names == [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
