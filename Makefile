@@ -1,6 +1,7 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv, install the
 # CPU build of torch that lies on this machine's disk (so pip never pulls the multi-GB
-# CUDA build), then the package with its dev and docs extras. `make test` runs the
+# CUDA build), then the package with its dev and docs extras, and sbibm without its
+# dependencies (its data files only). `make test` runs the
 # tests, then builds the documentation (warnings are errors).
 PYTHON ?= python3
 VENV := .venv
@@ -15,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	if [ -n "$(TORCH_WHEEL)" ]; then $(PY) -m pip install -q "$(TORCH_WHEEL)"; \
 	else $(PY) -m pip install -q "torch>=2.1,<=2.14.1" --index-url https://download.pytorch.org/whl/cpu; fi
 	$(PY) -m pip install -q -e ".[dev,docs]"
+	# sbibm's stored observations and reference posteriors (Table 2, tests/models/
+	# test_sbibm_files.py); --no-deps: only its data files are read, none of its code
+	$(PY) -m pip install -q --no-deps sbibm
 	touch $@
 
 install: $(VENV)/.installed

@@ -33,9 +33,8 @@ from pyro.infer import SVI, Predictive
 
 from pyro_adv.diagnostics.two_sample import c2st
 from pyro_adv.infer import Trace_ALI, Trace_GAN, TraceAVB_ELBO
-from pyro_adv.infer.autoguide import AutoImplicit
+from pyro_adv.infer.autoguide import AutoImplicit, amortized_guide
 from pyro_adv.models.exponential import (
-    amortized_guide,
     exact_posterior_moments,
     exact_posterior_sample,
     exponential_model,
@@ -54,11 +53,15 @@ NUM_DRAWS = 2000
 _WEIGHTS = (("", contextlib.nullcontext), (" raw", raw_weights))
 
 
+#: overrides of the default optimizer's settings (``--override lr=1e-3``), for sweeps
+OVERRIDES = {}
+
+
 def _optim(objective, name, steps):
     if name == "adam":
         return pyro.optim.Adam({"lr": 1e-3})
     if name == "default":
-        return objective.default_optim(steps)
+        return objective.default_optim(steps, **OVERRIDES)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -199,12 +202,20 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default="", help="a tag stored with the row")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--override", action="append", default=[], help="default_optim setting, e.g. lr=1e-3"
+    )
     parser.add_argument("--out", default=None, help="append the row to this JSON-lines file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    for item in args.override:
+        key, value = item.split("=")
+        OVERRIDES[key] = float(value)
     row = run_case(args.case, args.optim, args.steps, args.seed, args.quick)
     if args.label:
         row["label"] = args.label
+    if OVERRIDES:
+        row["overrides"] = dict(OVERRIDES)
     line = json.dumps(row)
     print(line, flush=True)
     if args.out:

@@ -34,10 +34,9 @@ from pyro.infer import SVI, Predictive
 from torch.optim.swa_utils import AveragedModel
 
 from pyro_adv.infer import Trace_ALI, Trace_GAN, TraceAVB_ELBO, simulate
-from pyro_adv.infer.autoguide import AutoImplicit
+from pyro_adv.infer.autoguide import AutoImplicit, amortized_guide
 from pyro_adv.models.conjugate import ConjugateGaussian, GammaPoisson
 from pyro_adv.models.exponential import (
-    amortized_guide,
     exact_posterior_moments,
     exponential_model,
     posterior_summary,

@@ -2,7 +2,7 @@
 
 import pyro.optim
 
-from pyro_adv.infer.adversarial import DISCRIMINATOR_PREFIX, is_discriminator_param
+from pyro_adv.infer.util import DISCRIMINATOR_PREFIX, is_discriminator_param
 
 __all__ = ["default_optimizer", "two_timescale_adam"]
 

@@ -208,13 +208,14 @@ def plot_training_history(history, axes=None, smooth=None, log_scale=False):
     """
     Training curves from a history (see :func:`pyro_adv.training.fit`): the loss
     (and the generator and discriminator losses when present) on one panel, the
-    discriminator's accuracy on guide ("real") and reference ("fake") samples on
-    another (when present), with the 0.5 line of a discriminator that cannot tell
-    them apart.
+    discriminator's accuracy on each side of its game on another (when present):
+    p, the target side (data for GAN, simulated pairs for ALI, the reference for
+    AVB), and q, the side being fitted (the model, or the guide), with the 0.5
+    line of a discriminator that cannot tell them apart.
 
     :param dict history: dict of lists with ``"loss"`` and optionally ``"step"``,
         ``"generator_loss"``, ``"discriminator_loss"``,
-        ``"discriminator_accuracy_real"``, ``"discriminator_accuracy_fake"``.
+        ``"discriminator_accuracy_p"``, ``"discriminator_accuracy_q"``.
     :param axes: a sequence of one or two axes (new figure if omitted).
     :param int smooth: moving-average window.
     :param bool log_scale: logarithmic y axis for the losses (positive losses only).
@@ -222,9 +223,7 @@ def plot_training_history(history, axes=None, smooth=None, log_scale=False):
     """
     if "loss" not in history or not len(history["loss"]):
         raise ValueError("history has no 'loss' entries to plot")
-    has_acc = any(
-        k in history for k in ("discriminator_accuracy_real", "discriminator_accuracy_fake")
-    )
+    has_acc = any(k in history for k in ("discriminator_accuracy_p", "discriminator_accuracy_q"))
     if axes is None:
         import matplotlib.pyplot as plt
 
@@ -253,8 +252,8 @@ def plot_training_history(history, axes=None, smooth=None, log_scale=False):
     if has_acc:
         acc_ax = axes[1]
         for key, label in (
-            ("discriminator_accuracy_real", "on guide samples"),
-            ("discriminator_accuracy_fake", "on reference samples"),
+            ("discriminator_accuracy_p", "on p (data, simulations or reference)"),
+            ("discriminator_accuracy_q", "on q (model or guide)"),
         ):
             if key in history:
                 acc_ax.plot(steps, _smooth(history[key], smooth), label=label)

@@ -46,12 +46,15 @@ CHECKPOINT_FORMAT = "pyro_adv-checkpoint"
 CHECKPOINT_VERSION = 3  # 3: the objective's weight averages
 
 _LOSS_KEYS = ("loss", "generator_loss", "discriminator_loss")
-_ACCURACY_KEYS = ("discriminator_accuracy_real", "discriminator_accuracy_fake")
+_ACCURACY_KEYS = ("discriminator_accuracy_p", "discriminator_accuracy_q")
 _LOGIT_KEY = "discriminator_max_abs_logit"
 
 
 class DiscriminatorWinsWarning(UserWarning):
-    """The discriminator separates real from fake almost perfectly for many steps."""
+    """
+    The discriminator separates the two sides of its game almost perfectly for
+    many steps: p (data, simulations, a reference) from q (the model or guide).
+    """
 
 
 class NonFiniteLossWarning(UserWarning):
@@ -83,9 +86,22 @@ def _postfix(loss, stats):
         postfix["D"] = _format(stats["discriminator_loss"])
     if _has_accuracies(stats):
         postfix["acc"] = (
-            f"{stats['discriminator_accuracy_real']:.2f}/{stats['discriminator_accuracy_fake']:.2f}"
+            f"{stats['discriminator_accuracy_p']:.2f}/{stats['discriminator_accuracy_q']:.2f}"
         )
     return postfix
+
+
+def _wins_message(objective, threshold, window):
+    sides = dict(getattr(objective, "sides", None) or {})
+    p, q = sides.get("p", "target samples"), sides.get("q", "model or guide samples")
+    remedy = "a larger guide or generator"
+    if getattr(objective, "adaptive_contrast", True) is False:
+        remedy += ", or adaptive contrast (adaptive_contrast=True)"
+    return (
+        f"the discriminator has separated {q} (q) from {p} (p) with accuracy >= "
+        f"{threshold} on both sides for {window} steps; its logit is no longer a reliable "
+        f"density ratio. Try a smaller discriminator learning rate or {remedy}."
+    )
 
 
 def objective_of(svi):
@@ -147,19 +163,21 @@ def fit(
 
     The bar shows the loss and, for adversarial objectives (whose ``stats`` hold
     the last step's statistics), the generator loss ``G``, the discriminator loss
-    ``D`` and the discriminator's accuracy on guide/reference samples ``acc``.
+    ``D`` and the discriminator's accuracy on the p / q sides of its game
+    ``acc`` (p: data, simulations or AVB's reference; q: the model or guide).
     Plain Pyro objectives work too, with the loss alone.
 
     The history is a dict of lists: ``"step"``, ``"loss"`` and every scalar of the
-    objective's ``stats`` (e.g. ``"discriminator_accuracy_real"``, ``"kl"``).
+    objective's ``stats`` (e.g. ``"discriminator_accuracy_q"``, ``"kl"``).
 
     Failures that would otherwise pass silently are flagged:
 
     * the **discriminator wins**: its accuracy is at least ``win_threshold`` on
       both sides for ``win_window`` consecutive steps. Its logit is then no longer
       a usable density-ratio estimate (its gradients vanish or explode; thesis
-      section 3): warns :class:`DiscriminatorWinsWarning` once. Remedies: a
-      smaller discriminator learning rate, more guide capacity, adaptive contrast.
+      section 3): warns :class:`DiscriminatorWinsWarning` once, naming the two
+      sides (the objective's ``sides``). Remedies: a smaller discriminator
+      learning rate, a larger guide or generator, for AVB adaptive contrast.
     * **divergence**: the loss grows to ``explode_factor`` times the first step's
       (at least 1 in absolute value), e.g. an impossible ELBO of ``-1e30``, or the
       discriminator's largest absolute logit exceeds ``saturated_logit`` for
@@ -316,10 +334,7 @@ def fit(
                 if streak >= win_window and not warned:
                     warned = True
                     warnings.warn(
-                        f"step {step}: the discriminator has separated guide and reference "
-                        f"samples with accuracy >= {win_threshold} for {win_window} steps; its "
-                        "logit is no longer a reliable density ratio. Try a smaller "
-                        "discriminator learning rate, a larger guide, or adaptive contrast.",
+                        f"step {step}: {_wins_message(objective, win_threshold, win_window)}",
                         DiscriminatorWinsWarning,
                         stacklevel=2,
                     )

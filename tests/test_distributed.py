@@ -100,12 +100,13 @@ def _map():
     def guide(x, idx):
         pyro.sample("z", dist.Delta(pyro.param("loc", torch.tensor(0.5))))
 
-    return model, guide, TraceAVB_ELBO(num_particles=1), lambda idx: (x, idx)
+    return model, guide, TraceAVB_ELBO(num_particles=1, ema_decay=0.999), lambda idx: (x, idx)
 
 
 PROBLEMS = {
     "avb": lambda: _amortized(
         TraceAVB_ELBO(
+            ema_decay=0.999,
             num_particles=4,
             moment_particles=32,
             discriminator_particles=16,

@@ -72,8 +72,8 @@ def test_training_history_plots():
         "loss": list(np.linspace(10, 1, 50)),
         "generator_loss": list(np.linspace(10, 1, 50)),
         "discriminator_loss": [1.38] * 50,
-        "discriminator_accuracy_real": [0.5] * 50,
-        "discriminator_accuracy_fake": [0.55] * 50,
+        "discriminator_accuracy_p": [0.5] * 50,
+        "discriminator_accuracy_q": [0.55] * 50,
     }
     fig = plot_training_history(history, smooth=5)
     assert isinstance(fig, matplotlib.figure.Figure)

@@ -42,8 +42,8 @@ class FakeObjective:
             "loss": loss,
             "generator_loss": loss,
             "discriminator_loss": 0.01,
-            "discriminator_accuracy_real": self.accuracy,
-            "discriminator_accuracy_fake": self.accuracy,
+            "discriminator_accuracy_p": self.accuracy,
+            "discriminator_accuracy_q": self.accuracy,
         }
         return loss
 
@@ -82,8 +82,8 @@ def test_fit_records_adversarial_stats(data):
         "loss",
         "generator_loss",
         "discriminator_loss",
-        "discriminator_accuracy_real",
-        "discriminator_accuracy_fake",
+        "discriminator_accuracy_p",
+        "discriminator_accuracy_q",
         "kl",
     ):
         assert len(history[key]) == 5
@@ -122,7 +122,7 @@ def _make_svi(kind):
     cg = ConjugateGaussian()
     if kind == "avb":
         guide = AutoImplicit(cg.model, hidden_dims=(16,))
-        objective = TraceAVB_ELBO(num_particles=8, discriminator_hidden_dims=(16,))
+        objective = TraceAVB_ELBO(num_particles=8, discriminator_hidden_dims=(16,), ema_decay=0.999)
     else:
         guide = AutoNormal(cg.model)
         objective = Trace_ELBO()

@@ -1,7 +1,8 @@
 """
 Diagnostics for implicit and explicit guides: ArviZ export, importance
-diagnostics (Pareto k-hat) from density ratios, simulation-based calibration and
-two-sample metrics against reference samples.
+diagnostics (Pareto k-hat) from density ratios, held-out log-likelihood from any
+encoder's draws, simulation-based calibration,
+two-sample metrics against reference samples, and mode coverage.
 """
 
 from pyro_adv.diagnostics.arviz import to_inference_data
@@ -14,9 +15,15 @@ from pyro_adv.diagnostics.importance import (
     log_evidence,
     psis,
 )
+from pyro_adv.diagnostics.likelihood import (
+    LogLikelihoodEstimate,
+    fitted_proposal_log_likelihood,
+)
+from pyro_adv.diagnostics.modes import ModeCoverage, mode_coverage
 from pyro_adv.diagnostics.sbc import SBCResult, ecdf_confidence_band, rank_uniformity_test, sbc
 from pyro_adv.diagnostics.two_sample import (
     c2st,
+    c2st_sbibm,
     energy_distance,
     mmd,
     moment_errors,
@@ -25,15 +32,20 @@ from pyro_adv.diagnostics.two_sample import (
 
 __all__ = [
     "ImportanceDiagnostics",
+    "LogLikelihoodEstimate",
+    "ModeCoverage",
     "SBCResult",
     "c2st",
+    "c2st_sbibm",
     "diagnose_guide",
     "ecdf_confidence_band",
     "effective_sample_size",
     "energy_distance",
+    "fitted_proposal_log_likelihood",
     "importance_diagnostics",
     "importance_log_weights",
     "log_evidence",
+    "mode_coverage",
     "mmd",
     "moment_errors",
     "psis",

@@ -26,6 +26,7 @@ from pyro_adv.infer.checks import (
     StepChecks,
     check_positive_int,
 )
+from pyro_adv.infer.util import DISCRIMINATOR_PREFIX, is_discriminator_param, module_key
 from pyro_adv.nn.averaging import ParameterEMA, raw_weights
 
 __all__ = [
@@ -33,21 +34,6 @@ __all__ = [
     "StepLosses",
     "is_discriminator_param",
 ]
-
-#: Default prefix of discriminator modules in the param store.
-DISCRIMINATOR_PREFIX = "discriminator"
-
-
-def is_discriminator_param(name, prefix=DISCRIMINATOR_PREFIX):
-    """
-    Whether a param-store name belongs to a discriminator, for per-player
-    optimizer settings through Pyro's per-parameter callable::
-
-        def per_param(name):
-            return {"lr": 1e-3 if is_discriminator_param(name) else 3e-4}
-        svi = SVI(model, guide, pyro.optim.Adam(per_param), loss=TraceAVB_ELBO())
-    """
-    return name.startswith(prefix)
 
 
 class StepLosses(NamedTuple):
@@ -121,6 +107,12 @@ class AdversarialObjective(StepChecks, ELBO):
         sample with it outside training. ``None`` turns averaging off.
     """
 
+    #: what the two sides of the discriminator's game are, as in
+    #: :mod:`~pyro_adv.infer.divergences`: ``p`` the target side (data, simulations,
+    #: a reference), ``q`` the side being fitted (the model or the guide). Statistics
+    #: name them so: ``discriminator_accuracy_p`` / ``discriminator_accuracy_q``.
+    sides = {"p": "target samples", "q": "model or guide samples"}
+
     def __init__(
         self,
         num_particles=1,
@@ -178,6 +170,7 @@ class AdversarialObjective(StepChecks, ELBO):
         ``SVI`` captures and updates its parameters. A non-finite ``example`` is
         refused before anything is fixed, naming the sites with non-finite values.
         """
+        key = module_key(key)
         if key not in self.discriminators:
             self._build_discriminator(key, factory, example)
         module = self.discriminators[key]
@@ -190,6 +183,7 @@ class AdversarialObjective(StepChecks, ELBO):
         where it has one (lazy sizing and input standardization), else ``probe(module)``
         or ``module(example)`` without gradient.
         """
+        key = module_key(key)
         store = pyro.get_param_store()
         prefix = f"{self.discriminator_prefix}_{key}"
         stale = [name for name in store.keys() if name.startswith(prefix + "$$$")]

@@ -68,6 +68,9 @@ class Divergence:
     has_penalty = False
     #: whether the losses pass the logit through a sigmoid, which saturates
     sigmoid_logits = False
+    #: whether the divergence between two 1-D distributions needs their CDFs
+    #: (:meth:`from_cdfs`) rather than their densities (:meth:`f`)
+    needs_cdfs = False
 
     # --- the two functions that define an f-divergence, written in the logit v ---
     def activation(self, v):
@@ -138,6 +141,15 @@ class Divergence:
         :raises NotImplementedError: for divergences that are not f-divergences.
         """
         raise NotImplementedError(f"{type(self).__name__} is not an f-divergence")
+
+    def from_cdfs(self, cdf_p, cdf_q, grid):
+        """
+        The divergence between two 1-D distributions from their CDFs on ``grid``
+        (trapezoid rule), where :attr:`needs_cdfs`.
+
+        :raises NotImplementedError: for divergences defined by densities.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is defined by densities: use f")
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -409,6 +421,7 @@ class Wasserstein(Divergence):
     name = "wasserstein"
     identifies_ratio = False
     has_penalty = True
+    needs_cdfs = True
 
     def __init__(self, gradient_penalty=10.0, weight_clip=None, one_sided=True):
         if gradient_penalty < 0:
@@ -427,6 +440,10 @@ class Wasserstein(Divergence):
 
     def log_ratio(self, logits):
         return None
+
+    def from_cdfs(self, cdf_p, cdf_q, grid):
+        r""":math:`W_1(p, q) = \int |F_p(x) - F_q(x)|\, dx` in one dimension."""
+        return torch.trapezoid((cdf_p - cdf_q).abs(), grid)
 
     def accuracy(self, real_logits, fake_logits):
         # a critic's scores have no fixed threshold: classify around the midpoint

@@ -88,7 +88,8 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
     (the bound above, in the units of the chosen divergence; for ``"minimax"``
     and ``"nonsaturating"`` it is :math:`2\,JSD - \log 4`). :attr:`stats` keeps the
     last step's ``loss``, ``generator_loss``, ``discriminator_loss``,
-    ``discriminator_accuracy_real``, ``discriminator_accuracy_fake`` and
+    ``discriminator_accuracy_p`` (on data), ``discriminator_accuracy_q`` (on
+    the model's simulations) and
     ``divergence``. The guide must have no sample sites: pass
     ``lambda *args, **kwargs: None``.
 
@@ -145,6 +146,8 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
         networks use after training (:mod:`pyro_adv.nn.averaging`); ``None``: off.
     """
 
+    #: the two sides of the discriminator's game: ``p`` the data, ``q`` the model
+    sides = {"p": "data", "q": "model simulations"}
     #: :func:`~pyro_adv.optim.default_optimizer`'s settings: the discriminator 4 times
     #: faster (TTUR), GAN momentum, the generator's rate decayed 10-fold over the run
     default_optim_settings = {

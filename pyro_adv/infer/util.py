@@ -24,10 +24,12 @@ from torch.distributions import biject_to
 from pyro_adv.distributions.implicit import ImplicitValue, is_implicit, unwrap
 
 __all__ = [
+    "DISCRIMINATOR_PREFIX",
     "PARTICLE_PLATE",
     "LatentGroup",
     "check_latents",
     "group_implicit_sites",
+    "is_discriminator_param",
     "depends_on_parameters",
     "pad_batch",
     "plate_frames",
@@ -41,6 +43,22 @@ __all__ = [
 ]
 
 PARTICLE_PLATE = "num_particles_vectorized"
+
+
+#: Default prefix of discriminator modules in the param store.
+DISCRIMINATOR_PREFIX = "discriminator"
+
+
+def is_discriminator_param(name, prefix=DISCRIMINATOR_PREFIX):
+    """
+    Whether a param-store name belongs to a discriminator, for per-player
+    optimizer settings through Pyro's per-parameter callable::
+
+        def per_param(name):
+            return {"lr": 1e-3 if is_discriminator_param(name) else 3e-4}
+        svi = SVI(model, guide, pyro.optim.Adam(per_param), loss=TraceAVB_ELBO())
+    """
+    return name.startswith(prefix)
 
 
 def plate_frames(site):
@@ -143,8 +161,15 @@ def per_particle_features(parts):
 
 
 def module_key(key):
-    """A group key as a discriminator's name (torch module names cannot contain dots)."""
-    return re.sub(r"\W", "_", key)
+    """
+    A group key as a discriminator's name in a :class:`torch.nn.ModuleDict`: module
+    names cannot contain dots, and must not shadow the dict's own attributes (a
+    plate named ``items`` or ``keys``). Idempotent.
+    """
+    key = re.sub(r"\W", "_", key)
+    if hasattr(torch.nn.ModuleDict, key):
+        key += "_"
+    return key
 
 
 class LatentGroup:

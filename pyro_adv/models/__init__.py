@@ -1,9 +1,11 @@
 """The thesis's example models with exact references, shared by tests, examples and benchmarks."""
 
+# amortized_guide moved to pyro_adv.infer.autoguide (it is generic); this alias keeps
+# code written before session 5 working and is not part of the documented API
+from pyro_adv.infer.autoguide.amortized import amortized_guide as amortized_guide
 from pyro_adv.models.conjugate import ConjugateGaussian, GammaPoisson
 from pyro_adv.models.exponential import (
     PRIOR_VARIANCE,
-    amortized_guide,
     exact_posterior_moments,
     exact_posterior_sample,
     exponential_log_joint,
@@ -20,21 +22,30 @@ from pyro_adv.models.gan_targets import (
     sample_mixture,
 )
 from pyro_adv.models.sbi_tasks import (
+    BERNOULLI_GLM,
     GAUSSIAN_LINEAR,
+    GAUSSIAN_MIXTURE,
     NPE_C2ST_10K,
     OBSERVATION_SEED,
+    PUBLISHED_C2ST,
+    SBI_TASKS,
+    SLCP,
     TWO_MOONS,
+    BernoulliGLM,
+    BernoulliGLMLikelihood,
     GaussianLinear,
+    GaussianMixture,
     SBITask,
+    Slcp,
     TwoMoons,
     TwoMoonsLikelihood,
 )
+from pyro_adv.models.sbibm_files import load_sbibm, sbibm_available
 
 __all__ = [
     "ConjugateGaussian",
     "GammaPoisson",
     "PRIOR_VARIANCE",
-    "amortized_guide",
     "sample_training_observations",
     "spread_bank",
     "exact_posterior_moments",
@@ -47,12 +58,23 @@ __all__ = [
     "location_scale_gan",
     "sample_bivariate_normal",
     "sample_mixture",
+    "BERNOULLI_GLM",
     "GAUSSIAN_LINEAR",
+    "GAUSSIAN_MIXTURE",
     "NPE_C2ST_10K",
     "OBSERVATION_SEED",
+    "PUBLISHED_C2ST",
+    "SBI_TASKS",
+    "SLCP",
     "TWO_MOONS",
+    "BernoulliGLM",
+    "BernoulliGLMLikelihood",
     "GaussianLinear",
+    "GaussianMixture",
     "SBITask",
+    "Slcp",
     "TwoMoons",
     "TwoMoonsLikelihood",
+    "load_sbibm",
+    "sbibm_available",
 ]

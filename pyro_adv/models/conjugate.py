@@ -64,6 +64,19 @@ class ConjugateGaussian:
         mean = cov @ (prior_prec @ self.prior_loc + self.design.T @ x.sum(0) / self.noise_scale**2)
         return mean, cov
 
+    def log_evidence(self, x):
+        r"""
+        Exact :math:`\log p(x)` of observations ``x`` of shape ``(N, m)`` that share
+        one :math:`z`: the stacked :math:`x` is Gaussian with mean :math:`1_N \otimes A\mu_0`
+        and covariance :math:`(1_N 1_N^\top) \otimes A \Sigma_0 A^\top + \sigma^2 I`.
+        """
+        n, m = x.shape
+        loc = (self.design @ self.prior_loc).repeat(n)
+        block = self.design @ self.prior_cov @ self.design.T
+        cov = torch.kron(torch.ones(n, n, dtype=block.dtype), block)
+        cov = cov + self.noise_scale**2 * torch.eye(n * m, dtype=block.dtype)
+        return dist.MultivariateNormal(loc, cov).log_prob(x.reshape(-1))
+
 
 class GammaPoisson:
     r"""

@@ -26,7 +26,6 @@ from scipy import integrate
 __all__ = [
     "PRIOR_VARIANCE",
     "exponential_model",
-    "amortized_guide",
     "sample_training_observations",
     "spread_bank",
     "exponential_log_joint",
@@ -59,21 +58,6 @@ def exponential_model(x=None, num_data=None, subsample_size=None):
         beta = 1.0 + z.pow(2).sum(-1)
         obs = x[idx] if x is not None else None
         return pyro.sample("x", dist.Exponential(1.0 / beta), obs=obs)
-
-
-def amortized_guide(encoder):
-    """
-    The amortized guide of :func:`exponential_model` (thesis section 4.2.1): ``z_i``
-    drawn by ``encoder`` (an :class:`~pyro_adv.nn.ImplicitEncoder` with ``input_dim=1``,
-    ``latent_dim=2``) from its observation ``x_i``.
-    """
-
-    def guide(x=None, num_data=None, subsample_size=None):
-        pyro.module("encoder", encoder)
-        with pyro.plate("data", x.shape[0], subsample_size=subsample_size) as idx:
-            pyro.sample("z", encoder(x[idx].unsqueeze(-1)))
-
-    return guide
 
 
 def sample_training_observations(num_data, x_max=40.0, generator=None):

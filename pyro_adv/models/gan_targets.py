@@ -8,6 +8,11 @@ exact references.
 * The mixture of section 3.3.2.1, :math:`p = \tfrac12 N(1, 0.3^2) + \tfrac12 N(3, 0.3^2)`,
   fitted by the location-scale generator :math:`G(z) = \mu + \sigma z`,
   :math:`z \sim N(0, 1)`, i.e. :math:`q = N(\mu, \sigma^2)`.
+* The mode-collapse benchmarks of VEEGAN (Srivastava et al. 2017) and PacGAN (Lin
+  et al. 2018): 8 Gaussians on a ring of radius 2 with sd 0.02
+  (:func:`sample_ring`) and 25 on the grid :math:`\{-4, -2, 0, 2, 4\}^2` with sd
+  0.05 (:func:`sample_grid`), equal weights; their mode centres feed
+  :func:`pyro_adv.diagnostics.mode_coverage`.
 * Exact divergences between one-dimensional densities by quadrature, and the exact
   minimizer over :math:`(\mu, \sigma)` of each divergence of
   :mod:`pyro_adv.infer.divergences` (:func:`exact_divergence_optimum`): the number a
@@ -31,7 +36,7 @@ from scipy import optimize, special
 from torch.distributions import constraints
 
 from pyro_adv.distributions.implicit import ImplicitDistribution
-from pyro_adv.infer.divergences import Wasserstein, get_divergence
+from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.nn.generators import MLPGenerator
 
 __all__ = [
@@ -42,7 +47,15 @@ __all__ = [
     "MIXTURE_LOCS",
     "MIXTURE_SCALE",
     "MIXTURE_WEIGHTS",
+    "GRID_SD",
+    "RING_RADIUS",
+    "RING_SD",
     "DivergenceOptimum",
+    "grid_centres",
+    "ring_centres",
+    "sample_grid",
+    "sample_ring",
+    "gan_2d",
     "bivariate_normal_target",
     "sample_bivariate_normal",
     "bivariate_normal_gan",
@@ -115,6 +128,68 @@ def bivariate_normal_gan(generator=None):
             )
 
     return gan
+
+
+def gan_2d(generator, noise_dim=2):
+    r"""
+    A GAN sampler of points in the plane as a Pyro model: :math:`x = G(\epsilon)`,
+    :math:`\epsilon \sim N(0, I)` of width ``noise_dim``, observed at site ``"x"``.
+    Returns ``gan(data=None, n=1000, batch_size=None)`` as :func:`bivariate_normal_gan`.
+
+    :param torch.nn.Module generator: maps noise ``(..., noise_dim)`` to points ``(..., 2)``.
+    """
+
+    def gan(data=None, n=1000, batch_size=None):
+        pyro.module("generator", generator)
+        n = data.shape[0] if data is not None else n
+        with pyro.plate("data", n, subsample_size=batch_size) as ind:
+            noise = dist.Normal(0.0, 1.0).expand([len(ind), noise_dim]).to_event(1)
+            pyro.sample(
+                "x",
+                ImplicitDistribution(generator, noise),
+                obs=None if data is None else data[ind],
+            )
+
+    return gan
+
+
+# ------------------------------------------------------ ring and grid of modes
+#: radius of the ring of 8 modes (VEEGAN, PacGAN)
+RING_RADIUS = 2.0
+#: standard deviation of each ring mode
+RING_SD = 0.02
+#: standard deviation of each grid mode
+GRID_SD = 0.05
+
+
+def ring_centres(num_modes=8, radius=RING_RADIUS, dtype=None, device=None):
+    """The ``(num_modes, 2)`` centres of the ring, equally spaced from angle 0."""
+    angle = torch.arange(num_modes, dtype=dtype or torch.get_default_dtype(), device=device)
+    angle = angle * (2 * math.pi / num_modes)
+    return radius * torch.stack([angle.cos(), angle.sin()], -1)
+
+
+def grid_centres(dtype=None, device=None):
+    r"""The ``(25, 2)`` centres of the grid :math:`\{-4, -2, 0, 2, 4\}^2`."""
+    axis = torch.arange(-4.0, 5.0, 2.0, dtype=dtype or torch.get_default_dtype(), device=device)
+    return torch.cartesian_prod(axis, axis)
+
+
+def _sample_modes(centres, sd, n):
+    k = torch.randint(len(centres), (n,), device=centres.device)
+    return centres[k] + sd * torch.randn(
+        n, centres.shape[-1], dtype=centres.dtype, device=centres.device
+    )
+
+
+def sample_ring(n, dtype=None, device=None):
+    """``n`` draws from the equal mixture of 8 Gaussians (sd 0.02) on the ring of radius 2."""
+    return _sample_modes(ring_centres(dtype=dtype, device=device), RING_SD, n)
+
+
+def sample_grid(n, dtype=None, device=None):
+    """``n`` draws from the equal mixture of 25 Gaussians (sd 0.05) on the 5 x 5 grid."""
+    return _sample_modes(grid_centres(dtype=dtype, device=device), GRID_SD, n)
 
 
 # ------------------------------------------------------------------- mixture
@@ -213,23 +288,24 @@ def divergence_1d(divergence, log_p, log_q, grid, cdf_p=None, cdf_q=None):
     A divergence between two one-dimensional densities by quadrature on ``grid``
     (trapezoid rule), in the convention of :mod:`pyro_adv.infer.divergences`:
     :math:`D_f(p \| q) = \int q\, f(p / q)\, dx` with ``p`` the data and ``q`` the
-    generator. The Wasserstein-1 distance is :math:`\int |F_p - F_q|\, dx` and needs
-    the CDFs.
+    generator. Divergences with ``needs_cdfs`` (Wasserstein-1,
+    :math:`\int |F_p - F_q|\, dx`) are computed from the CDFs instead.
 
     :param divergence: a name or :class:`~pyro_adv.infer.divergences.Divergence`.
     :param numpy.ndarray log_p: :math:`\log p` on ``grid``.
     :param numpy.ndarray log_q: :math:`\log q` on ``grid``.
     :param numpy.ndarray grid: increasing abscissae covering both densities.
-    :param numpy.ndarray cdf_p: :math:`F_p` on ``grid`` (Wasserstein only).
-    :param numpy.ndarray cdf_q: :math:`F_q` on ``grid`` (Wasserstein only).
+    :param numpy.ndarray cdf_p: :math:`F_p` on ``grid`` (divergences with ``needs_cdfs`` only).
+    :param numpy.ndarray cdf_q: :math:`F_q` on ``grid`` (divergences with ``needs_cdfs`` only).
     :rtype: float
     """
     divergence = get_divergence(divergence)
     grid = np.asarray(grid, dtype=float)
-    if isinstance(divergence, Wasserstein):
+    if divergence.needs_cdfs:
         if cdf_p is None or cdf_q is None:
-            raise ValueError("the Wasserstein distance needs cdf_p and cdf_q")
-        return float(np.trapezoid(np.abs(np.asarray(cdf_p) - np.asarray(cdf_q)), grid))
+            raise ValueError(f"the {divergence.name} divergence needs cdf_p and cdf_q")
+        cdfs = [torch.as_tensor(np.asarray(c, dtype=float)) for c in (cdf_p, cdf_q, grid)]
+        return float(divergence.from_cdfs(*cdfs))
     log_p = torch.as_tensor(np.asarray(log_p, dtype=float))
     log_q = torch.as_tensor(np.asarray(log_q, dtype=float))
     log_ratio = (log_p - log_q).clamp(-_LOG_RATIO_CLIP, _LOG_RATIO_CLIP)

@@ -5,8 +5,10 @@ The two players of an adversarial game circle their equilibrium rather than
 settle on it, so the guide's (or generator's) last weights are one point on that
 orbit; their exponential moving average (Polyak averaging, as for GAN
 generators: Yazıcı et al. 2019, "The unusual effectiveness of averaging in GAN
-training") sits closer to the centre. Every adversarial objective keeps an
-:class:`ParameterEMA` of the parameters it trains other than the
+training") sits closer to the centre. An adversarial objective with ``ema_decay``
+set (the default for :class:`~pyro_adv.infer.Trace_ALI` and
+:class:`~pyro_adv.infer.Trace_GAN`; ``TraceAVB_ELBO(ema_decay=0.999)`` for AVB)
+keeps an :class:`ParameterEMA` of the parameters it trains other than the
 discriminators'; after each optimizer step
 
 .. math:: \bar\theta_t = \rho_t\, \bar\theta_{t-1} + (1 - \rho_t)\, \theta_t,

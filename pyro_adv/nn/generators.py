@@ -6,13 +6,14 @@ from torch import nn
 
 from pyro_adv.distributions.implicit import ImplicitDistribution
 from pyro_adv.nn.averaging import averaged_value, raw_weights
+from pyro_adv.nn.mixture import MixtureMLP, component_index
 from pyro_adv.nn.mlp import MLP
 
 __all__ = ["MLPGenerator", "ImplicitEncoder"]
 
 
 class MLPGenerator(MLP):
-    """
+    r"""
     A generator network ``G(eps)`` for :class:`~pyro_adv.distributions.ImplicitDistribution`
     (thesis section 3.1): an MLP from ``noise_dim`` noise to ``output_dim`` values.
 
@@ -28,17 +29,67 @@ class MLPGenerator(MLP):
     :param int output_dim: width of a generated value.
     :param tuple hidden_dims: widths of the hidden layers.
     :param activation: hidden activation (name or module class).
+    :param int num_components: ``K > 1`` makes the generator a mixture of ``K``
+        networks sharing their hidden layers: the last noise coordinate's bin
+        :math:`\lfloor K \Phi(\epsilon_{-1}) \rfloor` picks one per draw, which
+        gets its own first-layer bias and output offset (as
+        :class:`~pyro_adv.nn.MixtureMLP`), so separated modes need no bridge of
+        generated points between them (see :doc:`/guide/modes`).
+    :param float component_spread: sd of the components' starting output offsets
+        (antithetic pairs), in output units.
     """
 
     use_averages = True
 
-    def __init__(self, noise_dim, output_dim, hidden_dims=(64, 64), activation="elu"):
+    def __init__(
+        self,
+        noise_dim,
+        output_dim,
+        hidden_dims=(64, 64),
+        activation="elu",
+        num_components=1,
+        component_spread=1.0,
+    ):
         if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
             raise ValueError(
                 f"MLPGenerator: noise_dim must be a positive integer, got {noise_dim!r}"
             )
-        super().__init__(noise_dim, output_dim, hidden_dims, activation)
+        if isinstance(num_components, bool) or not isinstance(num_components, int):
+            raise ValueError(
+                f"MLPGenerator: num_components must be a positive integer, got {num_components!r}"
+            )
+        if num_components < 1:
+            raise ValueError(
+                f"MLPGenerator: num_components must be a positive integer, got {num_components!r}"
+            )
+        extra = num_components if num_components > 1 else 0
+        super().__init__(noise_dim + extra, output_dim, hidden_dims, activation)
         self.noise_dim = noise_dim
+        self.num_components = num_components
+        if num_components > 1:
+            # antithetic pairs of starting offsets, as MixtureMLP's
+            half = torch.randn((num_components + 1) // 2, output_dim)
+            offsets = torch.cat([half, -half])[:num_components] * component_spread
+            self.offsets = nn.Parameter(offsets.to(self.net[0].weight))
+        else:
+            self.offsets = None
+
+    def component(self, eps):
+        """The mixture component each noise row picks (its last coordinate's bin)."""
+        return component_index(eps[..., -1], self.num_components)
+
+    def forward(self, eps):
+        if self.num_components == 1:
+            return super().forward(eps)
+        if eps.shape[-1] != self.noise_dim:
+            raise ValueError(
+                f"MLPGenerator: expected noise with {self.noise_dim} features, "
+                f"got shape {tuple(eps.shape)}"
+            )
+        k = self.component(eps)
+        code = nn.functional.one_hot(k, self.num_components).to(eps.dtype)
+        offsets = averaged_value(self.offsets) if self.use_averages else self.offsets
+        return super().forward(torch.cat([eps, code], -1)) + offsets[k]
 
     def noise(self, *batch_shape):
         """A standard-normal noise distribution with this generator's dtype and device."""
@@ -95,6 +146,10 @@ class ImplicitEncoder(nn.Module):
         (e.g. ``torch.log1p`` for positive data spanning several scales).
     :param bool standardize_context: standardize the (transformed) context with
         first-batch statistics.
+    :param int num_components: ``K > 1``: a mixture of ``K`` networks picked per draw
+        by the last noise coordinate (:class:`~pyro_adv.nn.MixtureMLP`), for
+        posteriors with separated modes.
+    :param float component_spread: sd of the components' starting output offsets.
     """
 
     use_averages = True
@@ -108,6 +163,8 @@ class ImplicitEncoder(nn.Module):
         activation="elu",
         context_transform=None,
         standardize_context=True,
+        num_components=1,
+        component_spread=1.0,
     ):
         super().__init__()
         if input_dim < 1 or latent_dim < 1:
@@ -128,7 +185,19 @@ class ImplicitEncoder(nn.Module):
             )
         self.context_transform = context_transform
         self.standardize_context = standardize_context
-        self.net = MLP(input_dim + self.noise_dim, latent_dim, hidden_dims, activation)
+        self.num_components = num_components
+        if num_components == 1:
+            self.net = MLP(input_dim + self.noise_dim, latent_dim, hidden_dims, activation)
+        else:
+            # the last input column is noise: it picks the component
+            self.net = MixtureMLP(
+                input_dim + self.noise_dim,
+                latent_dim,
+                num_components,
+                hidden_dims,
+                activation,
+                spread=component_spread,
+            )
         self.net.use_averages = True
         if standardize_context:
             self.context_loc = nn.Parameter(torch.zeros(input_dim))

@@ -14,8 +14,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from pyro_adv.distributions import HiddenDensity
-from pyro_adv.infer import TraceAVB_ELBO
-from pyro_adv.infer.adversarial import is_discriminator_param
+from pyro_adv.infer import TraceAVB_ELBO, is_discriminator_param
 
 
 def _site(name, fn, hide):

@@ -91,8 +91,8 @@ def test_step_returns_float_and_keeps_stats():
         "loss",
         "generator_loss",
         "discriminator_loss",
-        "discriminator_accuracy_real",
-        "discriminator_accuracy_fake",
+        "discriminator_accuracy_p",
+        "discriminator_accuracy_q",
         "divergence",
         "discriminator_max_abs_logit",  # for fit's saturation check
     }

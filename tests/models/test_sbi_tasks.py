@@ -8,15 +8,19 @@ import torch
 
 from pyro_adv.infer import simulate
 from pyro_adv.models import (
+    BERNOULLI_GLM,
     GAUSSIAN_LINEAR,
+    GAUSSIAN_MIXTURE,
     NPE_C2ST_10K,
+    SBI_TASKS,
+    SLCP,
     TWO_MOONS,
     TwoMoons,
     TwoMoonsLikelihood,
 )
 from pyro_adv.nn import ImplicitEncoder
 
-TASKS = [GAUSSIAN_LINEAR, TWO_MOONS]
+TASKS = list(SBI_TASKS.values())
 
 
 def _grid(lo, hi, n):
@@ -64,7 +68,8 @@ def test_guide_stays_in_the_prior_support(task):
 
 def test_gaussian_linear_posterior():
     task = GAUSSIAN_LINEAR
-    x = task.observations(1)[1][0].double()
+    # sbibm's observation 2: near enough the prior's bulk for importance sampling from it
+    x = task.observations(2)[1][1].double()
     mean, cov = task.posterior_moments(x)
     # sbibm's formula: Sigma = (P_prior + P_sim)^-1, mu = Sigma P_sim x, P = inverse(0.1 I)
     precision = torch.linalg.inv(0.1 * torch.eye(10, dtype=torch.float64))
@@ -146,3 +151,79 @@ def test_two_moons_soft_boundary_leaves_reference_exact():
     a = soft.reference_posterior_sample(x_obs, 100, torch.Generator().manual_seed(0))
     b = TWO_MOONS.reference_posterior_sample(x_obs, 100, torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
+
+
+def test_published_anchors():
+    assert SLCP.published_c2st(10_000)["NPE"] == 0.901
+    assert TWO_MOONS.published_c2st(100_000)["GATSBI"] == 0.856
+    with pytest.raises(ValueError, match="no published C2ST at 500"):
+        SLCP.published_c2st(500)
+
+
+def test_gaussian_mixture_likelihood_simulator_and_reference():
+    task = GAUSSIAN_MIXTURE
+    theta = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    x = torch.tensor([[1.3, -2.2], [4.0, 0.0]], dtype=torch.float64)
+    by_hand = torch.logsumexp(
+        torch.stack(
+            [
+                torch.distributions.Normal(theta, s).log_prob(x).sum(-1) + math.log(0.5)
+                for s in (1.0, 0.1)
+            ]
+        ),
+        0,
+    )
+    assert torch.allclose(task.log_likelihood(theta, x), by_hand)
+    # the simulator: half its draws from each component
+    sims = task.simulator(theta.float().expand(100_000, 2), torch.Generator().manual_seed(0))
+    d2 = (sims - theta.float()).pow(2).sum(-1)
+    assert abs(d2.mean().item() - (0.5 * 2 + 0.5 * 0.02)) < 0.02
+    assert abs((d2 < 0.1).float().mean().item() - (0.5 * (1 - math.exp(-5)) + 0.5 * 0.0488)) < 0.01
+    # the reference near the box's face: the truncated mixture, by importance sampling
+    x0 = torch.tensor([9.5, 0.0])
+    ref = task.reference_posterior_sample(x0, 40_000, torch.Generator().manual_seed(1)).double()
+    assert (ref.abs() <= 10).all()
+    prior = task.sample_prior(400_000, torch.Generator().manual_seed(2)).double()
+    w = task.log_likelihood(prior, x0.double()).exp()
+    is_mean = (w[:, None] * prior).sum(0) / w.sum()
+    assert (ref.mean(0) - is_mean).abs().max() < 0.03
+
+
+def test_slcp_likelihood_and_simulator():
+    theta = torch.tensor([[0.5, -1.0, 1.2, -0.8, 0.7]], dtype=torch.float64)
+    s1, s2, rho = 1.2**2, 0.8**2, math.tanh(0.7)
+    cov = torch.tensor([[s1**2, rho * s1 * s2], [rho * s1 * s2, s2**2]], dtype=torch.float64)
+    cov = cov + 1e-6 * torch.eye(2, dtype=torch.float64)
+    mvn = torch.distributions.MultivariateNormal(torch.tensor([0.5, -1.0]).double(), cov)
+    x = mvn.sample((3, 4)).reshape(3, 8)
+    assert torch.allclose(SLCP.log_likelihood(theta, x), mvn.log_prob(x.reshape(3, 4, 2)).sum(-1))
+    sims = SLCP.simulator(theta.expand(50_000, 5), torch.Generator().manual_seed(0))
+    pairs = sims.reshape(-1, 2)
+    assert torch.allclose(torch.cov(pairs.T), cov, rtol=0.03, atol=1e-3)
+    assert torch.allclose(pairs.mean(0), mvn.mean, atol=0.02)
+    # Pyro's sampling path (simulate) draws from the same distribution
+    draws = SLCP.likelihood(theta.expand(50_000, 5)).sample().reshape(-1, 2)
+    assert torch.allclose(torch.cov(draws.T), cov, rtol=0.03, atol=1e-3)
+
+
+def test_bernoulli_glm_prior_likelihood_and_simulator():
+    task = BERNOULLI_GLM
+    assert torch.allclose(
+        torch.linalg.inv(task.prior_scale_tril @ task.prior_scale_tril.T),
+        task.prior_precision,
+        atol=1e-3,
+    )
+    theta = task.sample_prior(1, torch.Generator().manual_seed(3)).double()
+    design = task.design.double()
+    # the simulator's mean is X^T sigmoid(X theta); the likelihood's gradient is x minus it
+    sims = task.simulator(theta.expand(20_000, 10), torch.Generator().manual_seed(0))
+    expected = torch.sigmoid(design @ theta[0]) @ design
+    sd = (
+        (torch.sigmoid(design @ theta[0]) * (1 - torch.sigmoid(design @ theta[0]))) @ design**2
+    ).sqrt()
+    assert ((sims.mean(0) - expected).abs() / (sd / math.sqrt(20_000))).max() < 5
+    draws = task.likelihood(theta.expand(20_000, 10)).sample()
+    assert ((draws.mean(0) - expected).abs() / (sd / math.sqrt(20_000))).max() < 5
+    t = theta.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(task.log_likelihood(t, sims[0]).sum(), t)
+    assert torch.allclose(grad[0], sims[0] - expected)

@@ -169,7 +169,8 @@ def test_two_objectives_sharing_discriminator_names():
 def test_the_same_guide_factory_called_again_is_the_same_guide():
     # diagnostics are often given a fresh closure over the trained networks
     # (diagnose_guide(model, amortized_guide(encoder), ...)): that is no new problem
-    from pyro_adv.models import amortized_guide, exponential_model
+    from pyro_adv.infer.autoguide import amortized_guide
+    from pyro_adv.models import exponential_model
     from pyro_adv.nn import ImplicitEncoder
 
     encoder = ImplicitEncoder(1, 2, hidden_dims=(8,))

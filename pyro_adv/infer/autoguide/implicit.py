@@ -9,6 +9,7 @@ from torch.distributions import biject_to
 
 from pyro_adv.distributions.implicit import ImplicitDistribution, ImplicitValue
 from pyro_adv.nn.averaging import averaged_value, raw_weights
+from pyro_adv.nn.mixture import MixtureMLP
 from pyro_adv.nn.mlp import MLP
 
 __all__ = ["AutoImplicit"]
@@ -54,6 +55,15 @@ class AutoImplicit(AutoContinuous):
     :param callable init_loc_fn: per-site initialization (see
         :mod:`pyro.infer.autoguide.initialization`); the sampler starts centred there.
     :param float init_scale: initial spread of the samples in unconstrained space.
+    :param int num_components: ``K``: the sampler is a mixture of ``K`` networks
+        sharing their hidden layers, one picked per draw by a bin of the last noise
+        coordinate (:class:`~pyro_adv.nn.MixtureMLP`), so it can put mass on separated
+        modes without a bridge between them. Each component starts at its own place:
+        prior draws reflected about the init in antithetic pairs, so the components
+        start spread over the prior and gradient descent carries them into different
+        modes (see :doc:`/guide/modes`). ``1`` is a single network.
+    :param float component_spread: multiplies the components' starting offsets from
+        the init (default 1: the prior draws themselves).
     """
 
     use_averages = True
@@ -67,6 +77,8 @@ class AutoImplicit(AutoContinuous):
         activation="elu",
         init_loc_fn=init_to_median,
         init_scale=0.1,
+        num_components=1,
+        component_spread=None,
     ):
         if init_scale <= 0:
             raise ValueError(f"AutoImplicit: init_scale must be positive, got {init_scale}")
@@ -80,6 +92,8 @@ class AutoImplicit(AutoContinuous):
         self.hidden_dims = tuple(hidden_dims)
         self.activation = activation
         self._init_scale = init_scale
+        self.num_components = num_components
+        self.component_spread = 1.0 if component_spread is None else component_spread
         super().__init__(model, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
@@ -102,17 +116,53 @@ class AutoImplicit(AutoContinuous):
         init = self._init_loc().detach()
         self.loc = torch.nn.Parameter(init)
         # a small last layer starts the sampler as a narrow cloud around the init
-        self.sampler = MLP(
-            self.noise_dim,
-            self.latent_dim,
-            self.hidden_dims,
-            self.activation,
-            output_scale=self._init_scale,
-            device=init.device,
-            dtype=init.dtype,
-        )
+        if self.num_components > 1:
+            self.sampler = MixtureMLP(
+                self.noise_dim,
+                self.latent_dim,
+                self.num_components,
+                self.hidden_dims,
+                self.activation,
+                output_scale=self._init_scale,
+                device=init.device,
+                dtype=init.dtype,
+            )
+        else:
+            self.sampler = MLP(
+                self.noise_dim,
+                self.latent_dim,
+                self.hidden_dims,
+                self.activation,
+                output_scale=self._init_scale,
+                device=init.device,
+                dtype=init.dtype,
+            )
+        if self.num_components > 1:
+            with torch.no_grad():
+                self.sampler.offsets.copy_(self._component_offsets(init))
         self.sampler.use_averages = True
         self.register_buffer("_noise_loc", init.new_zeros(self.noise_dim))
+
+    def _component_offsets(self, init):
+        # prior draws reflected about the init (antithetic pairs): the components start
+        # spread over the prior, on both sides of the init, each in its own basin
+        pairs = (self.num_components + 1) // 2
+        draws = []
+        for _ in range(pairs):
+            parts = []
+            for _, site in self.prototype_trace.iter_stochastic_nodes():
+                transform = biject_to(site["fn"].support)
+                try:
+                    u = transform.inv(site["fn"].sample().detach())
+                except NotImplementedError:
+                    # an improper prior (ImproperUniform) cannot be sampled: N(0, 1)
+                    # around the site's init in unconstrained space
+                    u = transform.inv(site["value"].detach())
+                    u = u + torch.randn_like(u)
+                parts.append(u.reshape(-1))
+            draws.append(torch.cat(parts).to(init) - init)
+        half = torch.stack(draws)
+        return torch.cat([half, -half])[: self.num_components] * self.component_spread
 
     def get_posterior(self, *args, **kwargs):
         """The joint implicit posterior over the packed unconstrained latent vector."""

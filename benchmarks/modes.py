@@ -1,0 +1,304 @@
+"""
+Table 9, separated modes: does each sampler put mass on every mode?
+
+* **GAN mode coverage** (VEEGAN / PacGAN protocol, Srivastava et al. 2017, Lin et al.
+  2018): ``Trace_GAN`` on 8 Gaussians on a ring (radius 2, sd 0.02) and 25 on a grid
+  ({-4,..,4}^2, sd 0.05); of 2,500 generated points, the modes with a point within 3 sd
+  (``pyro_adv.diagnostics.mode_coverage``), the fraction of such high-quality points
+  and the reverse KL of their histogram over the modes against uniform. Methods: a
+  plain MLP generator; a mixture generator (``MLPGenerator(num_components=K)``); a
+  packed discriminator (``PackedDiscriminator(pack=2)``, PacGAN2). (Both together
+  covered 4 of 8 ring modes with 8% high-quality points on the one seed tried at 1,000
+  steps, against 8 and 43% for the mixture alone, and is not run here.) The published
+  rows (modes only) are as issue 11 quotes them from Lin et al. 2018; those papers
+  trained larger generators far longer than here. A diffuse generator that smears
+  points over the plane "covers" many modes with a few high-quality points each, so
+  read the mode counts with the high-quality fraction beside them.
+* **AVB on a bimodal posterior** (``pyro_adv.models.zoo.Bimodal``: z ~ N(0, 2^2), 20
+  observations y ~ N(z^2, 1); exact share of mass on z > 0 is 0.5):
+  ``AutoImplicit`` + ``TraceAVB_ELBO``, one component against a mixture, per seed.
+* **The unimodal cost**: the conjugate Gaussian of the tests (AVB) and the bivariate
+  normal GAN, with and without components.
+
+    python -m benchmarks --suite full --tables modes
+    python -m benchmarks --suite quick --tables modes     # the smoke test's budgets
+"""
+
+import math
+import time
+import warnings
+
+import pyro
+import torch
+from pyro.infer import SVI, Predictive
+
+from benchmarks import recipes
+from pyro_adv.diagnostics import mode_coverage
+from pyro_adv.infer import Trace_GAN, TraceAVB_ELBO
+from pyro_adv.infer.autoguide import AutoImplicit
+from pyro_adv.models.conjugate import ConjugateGaussian
+from pyro_adv.models.gan_targets import (
+    BIVARIATE_CORRELATION,
+    GRID_SD,
+    RING_SD,
+    gan_2d,
+    grid_centres,
+    ring_centres,
+    sample_bivariate_normal,
+    sample_grid,
+    sample_ring,
+)
+from pyro_adv.models.zoo import Bimodal
+from pyro_adv.nn import Discriminator, MLPGenerator, PackedDiscriminator
+
+__all__ = ["BUDGETS", "PUBLISHED", "run"]
+
+BUDGETS = {
+    "full": {
+        # 3 seeds, not the papers' 10: on 2 shared cores (load average 25-60 while it ran)
+        # a 1,200-step GAN fit (16 s of CPU) took ~10 minutes of wall time
+        "seeds": 3,
+        "gan_steps": {"ring": 1200, "grid": 1200},
+        "gan_hidden": (64, 64),
+        "num_points": 2500,
+        "avb_steps": 600,
+        "avb_seeds": 4,
+        "conjugate_steps": 600,
+        "bivariate_steps": 2000,
+    },
+    "quick": {
+        "seeds": 1,
+        "gan_steps": {"ring": 3, "grid": 3},
+        "gan_hidden": (16,),
+        "num_points": 500,
+        "avb_steps": 3,
+        "avb_seeds": 1,
+        "conjugate_steps": 3,
+        "bivariate_steps": 3,
+    },
+}
+
+#: target -> (centres, sd, sampler, components of the mixture generator)
+TARGETS = {
+    "ring": (ring_centres, RING_SD, sample_ring, 8),
+    "grid": (grid_centres, GRID_SD, sample_grid, 25),
+}
+
+#: (target, method) -> modes covered, as quoted in issue 11 from Lin et al. 2018 (PacGAN)
+#: and Srivastava et al. 2017 (VEEGAN); their high-quality fractions and reverse KLs were
+#: not re-checked against the papers here, so they are left out
+PUBLISHED = {
+    ("ring", "GAN (published)"): 6.3,
+    ("ring", "ALI (published)"): 6.6,
+    ("ring", "PacGAN (published)"): 7.9,
+    ("grid", "ALI (published)"): 24.1,
+    ("grid", "PacGAN (published)"): 24.8,
+}
+
+#: GAN method -> (mixture components?, pack)
+GAN_METHODS = {
+    "GAN": (False, 1),
+    "mixture generator": (True, 1),
+    "PacGAN2": (False, 2),
+}
+
+
+def _gan(target, method, seed, budget):
+    make_centres, sd, sample, components = TARGETS[target]
+    mixture, pack = GAN_METHODS[method]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    hidden = budget["gan_hidden"]
+    data = sample(20000)
+    generator = MLPGenerator(2, 2, hidden, "elu", num_components=components if mixture else 1)
+    gan = gan_2d(generator)
+
+    def discriminator(key):
+        if pack > 1:
+            return PackedDiscriminator(pack, hidden_dims=hidden)
+        return Discriminator(hidden)
+
+    steps = budget["gan_steps"][target]
+    svi = SVI(
+        gan,
+        recipes.no_guide,
+        recipes.gan_adam(1e-3, 4e-3, steps, decay=0.1),
+        loss=Trace_GAN(discriminator=discriminator),
+    )
+    start = time.perf_counter()
+    for _ in range(steps):
+        svi.step(data, batch_size=256)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        points = Predictive(gan, num_samples=1)(n=budget["num_points"])["x"][0]
+    result = mode_coverage(points, make_centres(), sd)
+    return {
+        "table": "gan",
+        "target": target,
+        "method": method,
+        "seed": seed,
+        "modes": result.modes,
+        "high_quality": result.high_quality,
+        "reverse_kl": result.reverse_kl,
+        "seconds": seconds,
+    }
+
+
+def _bimodal(num_components, seed, budget):
+    zoo_model = Bimodal()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = AutoImplicit(zoo_model.model, num_components=num_components)
+    steps = budget["avb_steps"]
+    svi = SVI(zoo_model.model, guide, recipes.avb_default_adam(steps), TraceAVB_ELBO())
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            svi.step(*zoo_model.args)
+    seconds = time.perf_counter() - start
+    z = recipes.draw_guide(guide, *zoo_model.args, num_samples=4000)["z"].reshape(-1)
+    exact = zoo_model.reference(10_000)["z"]
+    return {
+        "table": "avb",
+        "components": num_components,
+        "seed": seed,
+        "share_positive": float((z > 0).double().mean()),
+        "sd_abs_ratio": float(z.abs().std() / exact.abs().std()),
+        "seconds": seconds,
+    }
+
+
+def _conjugate(num_components, seed, budget):
+    recipes._reset(seed)
+    model = ConjugateGaussian(noise_scale=2.0)
+    _, x = model.simulate(10, torch.Generator().manual_seed(1))
+    guide = AutoImplicit(model.model, num_components=num_components)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loss = recipes._fit_avb_defaults(model.model, guide, x, budget["conjugate_steps"])
+    fitted = type("Fitted", (), {"model": model, "x": x, "guide": guide, "loss": loss})
+    errors, _ = recipes.evaluate_conjugate_gaussian(fitted)
+    return {"table": "conjugate", "components": num_components, "seed": seed, **errors}
+
+
+def _bivariate(num_components, seed, budget):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    data = sample_bivariate_normal(20000)
+    generator = MLPGenerator(
+        2, 2, hidden_dims=(20,), activation="softplus", num_components=num_components
+    )
+    gan = gan_2d(generator)
+    steps = budget["bivariate_steps"]
+    svi = SVI(
+        gan,
+        recipes.no_guide,
+        recipes.gan_adam(1e-3, 4e-3, steps, decay=0.1, clip_norm=10.0),
+        loss=Trace_GAN(discriminator_hidden_dims=(40, 40), discriminator_activation="tanh"),
+    )
+    for _ in range(steps):
+        svi.step(data, batch_size=256)
+    with torch.no_grad():
+        x = Predictive(gan, num_samples=1)(n=20000)["x"][0]
+    target = sample_bivariate_normal(20000)
+    corr = torch.corrcoef(x.T)[0, 1].item()
+    return {
+        "table": "bivariate",
+        "components": num_components,
+        "seed": seed,
+        "mean_error": float((x.mean(0) - target.mean(0)).abs().max()),
+        "sd_ratio": float((x.std(0) / target.std(0)).max()),
+        "correlation_error": abs(corr - BIVARIATE_CORRELATION),
+    }
+
+
+def _mean(rows, key):
+    values = [r[key] for r in rows if isinstance(r[key], (int, float)) and math.isfinite(r[key])]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _markdown(rows, budget):
+    lines = [
+        f"GAN mode coverage over {budget['seeds']} seeds "
+        f"({budget['gan_steps']} steps, batch 256, MLPs {budget['gan_hidden']}, "
+        f"{budget['num_points']} points; mixture generator: as many components as modes):",
+        "",
+        "| target | method | modes (mean) | modes (min) | high-quality % (mean) "
+        "| high-quality % (min) | reverse KL (mean) | seeds at all modes, >= 90% hq |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for target, (make_centres, *_rest) in TARGETS.items():
+        total = len(make_centres())
+        mine = [r for r in rows if r["table"] == "gan" and r["target"] == target]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            per_seed = [r for r in mine if r["method"] == method]
+            if not per_seed:
+                continue
+            full = sum(r["modes"] == total and r["high_quality"] >= 0.9 for r in per_seed)
+            lines.append(
+                f"| {target} ({total}) | {method} | {_mean(per_seed, 'modes'):.1f} "
+                f"| {min(r['modes'] for r in per_seed)} "
+                f"| {100 * _mean(per_seed, 'high_quality'):.1f} "
+                f"| {100 * min(r['high_quality'] for r in per_seed):.1f} "
+                f"| {_mean(per_seed, 'reverse_kl'):.2f} | {full}/{len(per_seed)} |"
+            )
+        for (t, method), modes in PUBLISHED.items():
+            if t == target:
+                lines.append(f"| {target} ({total}) | {method} | {modes} | | | | | |")
+    avb = [r for r in rows if r["table"] == "avb"]
+    lines += [
+        "",
+        f"AutoImplicit + TraceAVB_ELBO on the bimodal posterior ({budget['avb_steps']} steps, "
+        "default settings otherwise); share of mass on z > 0 (exact 0.5) and sd of |z| "
+        "over the exact one, per seed:",
+        "",
+        "| components | share on z > 0 per seed | seeds within 0.1 of 0.5 "
+        "| sd of abs(z) ratio per seed |",
+        "|---|---|---|---|",
+    ]
+    labels = list(dict.fromkeys(r.get("label", str(r["components"])) for r in avb))
+    for k in labels:
+        mine = [r for r in avb if r.get("label", str(r["components"])) == k]
+        shares = ", ".join(f"{r['share_positive']:.2f}" for r in mine)
+        ratios = ", ".join(f"{r['sd_abs_ratio']:.2f}" for r in mine)
+        good = sum(abs(r["share_positive"] - 0.5) <= 0.1 for r in mine)
+        lines.append(f"| {k} | {shares} | {good}/{len(mine)} | {ratios} |")
+    lines += [
+        "",
+        "The unimodal cost: the tests' conjugate Gaussian (AVB, errors of the posterior mean "
+        "in sds, of the variances and of the correlation; tolerances 0.1, 0.15, 0.1) and the "
+        "bivariate-normal GAN (thesis 3.2.1), with and without components:",
+        "",
+        "| problem | components | seed | errors |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["table"] in ("conjugate", "bivariate"):
+            errors = ", ".join(
+                f"{k} {v:.3f}" for k, v in r.items() if k not in ("table", "components", "seed")
+            )
+            lines.append(f"| {r['table']} | {r['components']} | {r['seed']} | {errors} |")
+    return "\n".join(lines)
+
+
+def run(quick=False, seed=0, outdir=None):
+    """
+    :returns: one row per (experiment, method, seed) and the table's Markdown.
+    """
+    torch.set_num_threads(1)
+    budget = BUDGETS["quick" if quick else "full"]
+    rows = []
+    for target in TARGETS:
+        for method in GAN_METHODS:
+            for s in range(seed, seed + budget["seeds"]):
+                rows.append(_gan(target, method, s, budget))
+    for k in (1, 8):
+        for s in range(seed, seed + budget["avb_seeds"]):
+            rows.append(_bimodal(k, s, budget))
+    for k in (1, 8):
+        rows.append(_conjugate(k, seed, budget))
+    for k in (1, 8):
+        rows.append(_bivariate(k, seed, budget))
+    pyro.clear_param_store()
+    return rows, _markdown(rows, budget)

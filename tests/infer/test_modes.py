@@ -1,0 +1,82 @@
+"""
+Issue 11, item 5: separated modes with small honest budgets.
+
+* AVB on the zoo's symmetric bimodal posterior (``Bimodal``: z ~ N(0, 2^2), 20
+  observations y ~ N(z^2, 1), modes at z = +-1.1, 11 posterior sds apart): an
+  ``AutoImplicit`` with 8 mixture components puts each mode's share of the mass (the
+  exact 0.5, from the quadrature reference) within 0.1 (measured: 0.50). With one
+  component (``num_components=1``) the same 400-step run puts 0.00 on z > 0, so the
+  test fails without the mechanism (at 600 steps 4 of 4 seeds gave 0.00 or 1.00).
+* A GAN on four separated modes (sd 0.05 at the corners of a square of side 3): a
+  mixture generator (``MLPGenerator(num_components=4)``) covers all four, in equal
+  shares, with mostly high-quality points (measured: 4 modes, 76% high quality,
+  reverse KL 0.024). The same run with one component covers 2 modes with 29% high
+  quality (reverse KL 1.20), so the test fails without the mechanism.
+"""
+
+import pytest
+import torch
+from pyro.infer import SVI, Predictive
+
+from benchmarks.recipes import avb_default_adam, draw_guide, gan_adam, no_guide
+from pyro_adv.diagnostics import mode_coverage
+from pyro_adv.infer import Trace_GAN, TraceAVB_ELBO
+from pyro_adv.infer.autoguide import AutoImplicit
+from pyro_adv.models.gan_targets import gan_2d
+from pyro_adv.models.zoo import Bimodal
+from pyro_adv.nn import Discriminator, MLPGenerator
+
+pytestmark = pytest.mark.slow
+
+
+def fit_bimodal(num_components, steps=400, seed=0):
+    zoo_model = Bimodal()
+    pyro_seed(seed)
+    guide = AutoImplicit(zoo_model.model, num_components=num_components)
+    svi = SVI(zoo_model.model, guide, avb_default_adam(steps), TraceAVB_ELBO())
+    for _ in range(steps):
+        svi.step(*zoo_model.args)
+    return zoo_model, draw_guide(guide, *zoo_model.args, num_samples=4000)["z"].reshape(-1)
+
+
+def pyro_seed(seed):
+    import pyro
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_avb_mixture_guide_gives_each_mode_its_share():
+    zoo_model, z = fit_bimodal(num_components=8)
+    exact = (zoo_model.reference(10_000)["z"] > 0).double().mean().item()
+    share = (z > 0).double().mean().item()
+    assert abs(share - exact) <= 0.1, (share, exact)
+    # and both shares sit on the modes, not between them
+    assert (z.abs() > 0.7).double().mean() > 0.95
+
+
+CORNERS = torch.tensor([[-1.5, -1.5], [-1.5, 1.5], [1.5, -1.5], [1.5, 1.5]])
+SD = 0.05
+
+
+def fit_corners(num_components, steps=600, seed=0):
+    pyro_seed(seed)
+    k = torch.randint(4, (20000,))
+    data = CORNERS[k] + SD * torch.randn(20000, 2)
+    generator = MLPGenerator(2, 2, (64, 64), num_components=num_components)
+    gan = gan_2d(generator)
+    objective = Trace_GAN(discriminator=lambda key: Discriminator((64, 64)))
+    svi = SVI(gan, no_guide, gan_adam(1e-3, 4e-3, steps, decay=0.1), objective)
+    for _ in range(steps):
+        svi.step(data, batch_size=256)
+    with torch.no_grad():
+        points = Predictive(gan, num_samples=1)(n=2000)["x"][0]
+    return mode_coverage(points, CORNERS, SD)
+
+
+def test_gan_mixture_generator_covers_every_mode():
+    result = fit_corners(num_components=4)
+    assert result.modes == 4, result
+    assert result.high_quality > 0.5, result
+    assert result.reverse_kl < 0.1, result
