@@ -35,7 +35,10 @@ TABLES = {
         "robustness",
     ),
     "zoo": ("Table 6: the model zoo, every method against reference posteriors", "zoo"),
-    "importance": ("Table 7: importance diagnostics from AVB's discriminator", "importance"),
+    "importance": (
+        "Table 7: importance diagnostics from AVB's and ALI's discriminators",
+        "importance",
+    ),
     "distributed": ("Table 8: data-parallel scaling, 1 and 2 ranks", "distributed"),
     "modes": ("Table 9: separated modes (GAN mode coverage, a bimodal posterior)", "modes"),
 }

@@ -41,10 +41,9 @@ import torch
 from pyro.infer import SVI, Predictive
 
 from pyro_adv.infer import Trace_ALI, Trace_GAN, TraceAVB_ELBO
-from pyro_adv.infer.autoguide import AutoImplicit
+from pyro_adv.infer.autoguide import AutoImplicit, amortized_guide
 from pyro_adv.models.conjugate import ConjugateGaussian
 from pyro_adv.models.exponential import (
-    amortized_guide,
     exact_posterior_moments,
     exponential_model,
     posterior_summary,

@@ -41,6 +41,7 @@ _SHORTCUTS = {
     "NonFiniteLossError": "pyro_adv.infer",
     "is_discriminator_param": "pyro_adv.infer",
     "AutoImplicit": "pyro_adv.infer.autoguide",
+    "amortized_guide": "pyro_adv.infer.autoguide",
     "ImplicitDistribution": "pyro_adv.distributions",
     "ImplicitDensityError": "pyro_adv.distributions",
     "ImplicitEncoder": "pyro_adv.nn",

@@ -431,7 +431,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         order = sorted(groups.values(), key=lambda g: g.is_local)
         globals_u = {"real": None, "fake": None}
         totals = {}
-        log_ratio = 0.0
+        log_ratio = log_ratio_bounded = 0.0
         for group in order:
             sides = {}
             for side, nodes in (("real", real_nodes), ("fake", fake_nodes)):
@@ -468,15 +468,26 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
                 # v = log p(x, z) - log q(x, z) per pair; rows are particle-major
                 ratio = self.divergence.log_ratio(fake_logits.detach())
                 log_ratio = log_ratio + ratio.reshape(self._lead(), -1).sum(-1)
+                # for importance weights: the ratio only where the discriminator has
+                # seen pairs, the range of its log-ratio on the simulated pairs; beyond
+                # it the network extrapolates, and a guide pair's weight is its guess
+                seen = self.divergence.log_ratio(real_logits.detach())
+                bounded = ratio.clamp(seen.min(), seen.max())
+                log_ratio_bounded = log_ratio_bounded + bounded.reshape(self._lead(), -1).sum(-1)
         if not self.divergence.identifies_ratio:
             return self._game_result(totals)
-        return self._game_result(totals)._replace(log_weights=log_ratio)
+        return self._game_result(totals)._replace(
+            log_weights=log_ratio_bounded, log_weights_unbounded=log_ratio
+        )
 
     # ------------------------------------------------------------ diagnostics
     #: :meth:`importance_log_weights` knows the weights up to a constant per data set
     log_weights_up_to_constant = True
+    #: nats below which the estimated log-weights are not resolved (see
+    #: :func:`~pyro_adv.diagnostics.importance_diagnostics`)
+    LOG_WEIGHT_RESOLUTION = 1.0
 
-    def importance_log_weights(self, model, guide, *args, num_samples=1000, **kwargs):
+    def importance_log_weights(self, model, guide, *args, num_samples=1000, bounded=True, **kwargs):
         r"""
         Importance log-weights of ``num_samples`` joint draws from the guide for
         the data in ``args``/``kwargs``, **up to an additive constant**, from the
@@ -499,6 +510,14 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         simulated and guide pairs during training (``x`` in the range of the
         training data).
 
+        With ``bounded=True`` (default) each pair's log-ratio is clipped to the range
+        the discriminator produced on as many freshly simulated pairs: beyond it the
+        network extrapolates, and the weight of a guide pair there would be its
+        guess. ``diagnostic_stats["extrapolated_draws"]`` counts the draws with a
+        clipped pair. :attr:`LOG_WEIGHT_RESOLUTION` (nats) goes to
+        :func:`~pyro_adv.diagnostics.importance_diagnostics` as the resolution of
+        these estimated weights.
+
         Example::
 
             diag = diagnose_guide(exponential_model, amortized_guide(encoder),
@@ -506,6 +525,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             diag.khat, diag.ess
 
         :param int num_samples: guide draws (vectorized particles).
+        :param bool bounded: clip the log-ratios to the range seen on simulated pairs.
         :returns: a tensor of shape ``(num_samples,)``.
         :raises RuntimeError: before the first training step (no discriminator yet).
         :raises ValueError: for divergences whose critic does not estimate a log
@@ -525,7 +545,15 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             )
         if int(num_samples) != num_samples or num_samples < 2:
             raise ValueError(f"{name}: num_samples must be an integer >= 2, got {num_samples}")
-        return self._evaluate(model, guide, args, kwargs, num_samples).log_weights
+        result = self._evaluate(model, guide, args, kwargs, num_samples)
+        #: statistics of the latest diagnostic evaluation (not of a training step)
+        self.diagnostic_stats = dict(
+            result.stats,
+            # a draw with a clipped pair has a different sum
+            extrapolated_draws=int((result.log_weights != result.log_weights_unbounded).sum()),
+            log_weight_resolution=self.LOG_WEIGHT_RESOLUTION,
+        )
+        return result.log_weights if bounded else result.log_weights_unbounded
 
 
 def _is_global(site):

@@ -177,6 +177,7 @@ def _sbibm_c2st_module():
     return module
 
 
+@pytest.mark.slow  # sklearn's MLP trains to convergence: 18 s at load 13
 @needs_sbibm
 def test_c2st_sbibm_equals_sbibm_s_own_metric():
     pytest.importorskip("sklearn")
