@@ -1,5 +1,5 @@
 """
-Table 9: library defaults on targets nobody tuned for (issue 12, "tried as a new user").
+Table 10: library defaults on targets nobody tuned for (issue 12, "tried as a new user").
 
 Each case is written as a new user would write it from the README: the classes'
 defaults, the public API, and either the objective's default optimizer
