@@ -271,12 +271,12 @@ class DistributedOptimizer(pyro.optim.PyroOptim):
 
     def copy(self):
         """A fresh :class:`DistributedOptimizer` with the same settings and no state."""
+        from pyro_adv.optim import ForeachOptim
+
         optim = self.optim
-        if type(optim) is not pyro.optim.PyroOptim:
+        if type(optim) not in (pyro.optim.PyroOptim, ForeachOptim):
             raise TypeError(f"DistributedOptimizer: {type(optim).__name__} cannot be copied")
-        fresh = pyro.optim.PyroOptim(
-            optim.pt_optim_constructor, optim.pt_optim_args, optim.pt_clip_args
-        )
+        fresh = type(optim)(optim.pt_optim_constructor, optim.pt_optim_args, optim.pt_clip_args)
         return DistributedOptimizer(fresh, self.group)
 
     def __call__(self, params, *args, **kwargs):

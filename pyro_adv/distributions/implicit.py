@@ -7,6 +7,8 @@ respect to the sampler's parameters, but its density is unknown (thesis section
 objectives in :mod:`pyro_adv.infer` can.
 """
 
+import weakref
+
 import torch
 from pyro.distributions import (
     ExpandedDistribution,
@@ -197,8 +199,30 @@ class ImplicitValue(ImplicitDistribution):
         return self.value.expand(self._extended_shape(sample_shape))
 
 
+#: event shapes found by running a module generator, per (batch shape, noise event
+#: shape, dtype, device): a model that builds ``ImplicitDistribution(generator, noise)``
+#: on every call would otherwise run its generator twice a step. A stale entry (a module
+#: changed to produce another shape) cannot pass silently: ``rsample`` checks the shape
+#: it generates, and the objectives check observed values against the site's shape.
+_EVENT_SHAPES = weakref.WeakKeyDictionary()
+
+
 def _infer_event_shape(generator, base):
     """``generator``'s output shape on one full batch of noise, minus the batch shape."""
+    if not isinstance(generator, torch.nn.Module):
+        return _probe_event_shape(generator, base)
+    try:
+        mean = base.mean
+        key = (base.batch_shape, base.event_shape, mean.dtype, mean.device)
+    except NotImplementedError:  # a base without a mean
+        return _probe_event_shape(generator, base)
+    known = _EVENT_SHAPES.setdefault(generator, {})
+    if key not in known:
+        known[key] = _probe_event_shape(generator, base)
+    return known[key]
+
+
+def _probe_event_shape(generator, base):
     batch_shape = base.batch_shape
     try:
         zeros = base.mean.new_zeros(batch_shape + base.event_shape)

@@ -22,6 +22,7 @@ The reliability checks that guard every step of an adversarial objective.
 import contextlib
 import functools
 import inspect
+import math
 import warnings
 
 import pyro
@@ -215,6 +216,20 @@ class StepChecks:
         if len(names) == 1:
             return f" (site {listed} has NaN or inf values)"
         return f" (sites {listed} have NaN or inf values)"
+
+    def _read_losses(self, reported, g_loss, d_loss):
+        """
+        The reported loss as a float, with both players' losses checked for NaN and
+        inf (:meth:`_check_finite`'s errors), all from one device read.
+        """
+        values = [reported, g_loss, d_loss]
+        dtype = torch.promote_types(torch.promote_types(reported.dtype, g_loss.dtype), d_loss.dtype)
+        numbers = torch.stack([v.detach().reshape(()).to(dtype) for v in values]).tolist()
+        if not math.isfinite(numbers[1]):
+            self._check_finite("generator (guide/model) loss", g_loss)
+        if not math.isfinite(numbers[2]):
+            self._check_finite("discriminator loss", d_loss)
+        return numbers[0]
 
     def _check_finite(self, what, value):
         if not torch.isfinite(value).all():
@@ -431,10 +446,18 @@ class StepChecks:
 
     def _check_gradients(self, params):
         """Counts steps of all-zero gradient per guide/model parameter; warns once each."""
+        params = {name: p for name, p in params.items() if p.requires_grad}
+        # whether each gradient has a non-zero element, in one device read per device
+        nonzero = {name: False for name, p in params.items() if p.grad is None}
+        by_device = {}
         for name, p in params.items():
-            if not p.requires_grad:
-                continue
-            zero = p.grad is None or not bool(p.grad.any())
+            if p.grad is not None:
+                by_device.setdefault(p.grad.device, []).append(name)
+        for names in by_device.values():
+            flags = torch.stack([params[name].grad.any() for name in names]).tolist()
+            nonzero.update(zip(names, flags))
+        for name in params:
+            zero = not nonzero[name]
             streak = self._zero_grad_streak.get(name, 0) + 1 if zero else 0
             self._zero_grad_streak[name] = streak
             if streak >= self.zero_grad_steps and name not in self._zero_grad_warned:

@@ -118,10 +118,13 @@ class Divergence:
         return real_inputs.new_zeros(())
 
     def accuracy(self, real_logits, fake_logits):
-        """Fraction of real (fake) inputs the discriminator classifies correctly."""
+        """
+        Fraction of real (fake) inputs the discriminator classifies correctly, as
+        0-dim tensors (no device read; ``float()`` them to read).
+        """
         return (
-            (real_logits > 0).to(real_logits.dtype).mean().item(),
-            (fake_logits < 0).to(fake_logits.dtype).mean().item(),
+            (real_logits > 0).to(real_logits.dtype).mean(),
+            (fake_logits < 0).to(fake_logits.dtype).mean(),
         )
 
     def after_update(self, discriminator):
@@ -449,8 +452,8 @@ class Wasserstein(Divergence):
         # a critic's scores have no fixed threshold: classify around the midpoint
         mid = 0.5 * (real_logits.mean() + fake_logits.mean())
         return (
-            (real_logits > mid).to(real_logits.dtype).mean().item(),
-            (fake_logits < mid).to(fake_logits.dtype).mean().item(),
+            (real_logits > mid).to(real_logits.dtype).mean(),
+            (fake_logits < mid).to(fake_logits.dtype).mean(),
         )
 
     def penalty(self, critic, real_inputs, fake_inputs):

@@ -38,7 +38,13 @@ class ParticleTraces:
 
     def _vectorized_num_particles(self, fn):
         # Always a particle plate, even of size 1: the reference draws take its slot.
-        return pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting)(fn)
+        # One plate object per setting, reused (a plate builds its index tensor when made).
+        key = (self.num_particles, self.max_plate_nesting)
+        cached = self.__dict__.get("_particle_plate")
+        if cached is None or cached[0] != key:
+            plate = pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting)
+            cached = self._particle_plate = (key, plate)
+        return cached[1](fn)
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         super()._guess_max_plate_nesting(model, guide, args, kwargs)
@@ -134,10 +140,12 @@ class ParticleTraces:
         the model does not broadcast.
         """
         nesting = self.max_plate_nesting
-        keep = poutine.Trace()
-        for name, site in guide_trace.nodes.items():
-            if name not in resample:
-                keep.add_node(name, **site)
+        keep = guide_trace  # replay only reads it
+        if resample:
+            keep = poutine.Trace()
+            for name, site in guide_trace.nodes.items():
+                if name not in resample:
+                    keep.add_node(name, **site)
         if self.particle_mode in (None, "vectorized"):
             trace = poutine.trace(
                 poutine.replay(self._vectorized_num_particles(model), trace=keep)

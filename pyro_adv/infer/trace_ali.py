@@ -464,7 +464,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
                 frozen(x_fake, z_fake), frozen(x_real, z_real) if model_side else None
             )
             self._game_add(totals, real_logits, fake_logits, group_penalty, g_loss)
-            if self.divergence.identifies_ratio:
+            if self.divergence.identifies_ratio and self._weights_wanted:
                 # v = log p(x, z) - log q(x, z) per pair; rows are particle-major
                 ratio = self.divergence.log_ratio(fake_logits.detach())
                 log_ratio = log_ratio + ratio.reshape(self._lead(), -1).sum(-1)
@@ -474,7 +474,7 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
                 seen = self.divergence.log_ratio(real_logits.detach())
                 bounded = ratio.clamp(seen.min(), seen.max())
                 log_ratio_bounded = log_ratio_bounded + bounded.reshape(self._lead(), -1).sum(-1)
-        if not self.divergence.identifies_ratio:
+        if not (self.divergence.identifies_ratio and self._weights_wanted):
             return self._game_result(totals)
         return self._game_result(totals)._replace(
             log_weights=log_ratio_bounded, log_weights_unbounded=log_ratio

@@ -9,9 +9,11 @@ from torch.func import functional_call
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses, check_positive_int
+from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.infer.contrast import conditional_gaussian
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.particles import ParticleTraces
+from pyro_adv.infer.stats import MeanOf, StepStats
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
@@ -254,11 +256,19 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             up = self._upstream_value(group, upstream, guide_trace, model_trace)
             context = context_features(model_trace, group, nesting, 0)
             if self.adaptive_contrast:
-                if reference_trace is None:
-                    num_draws = self.moment_particles + self._positive_draws(context, up, u)
-                    reference_trace = self._guide_draws(guide, num_draws, args, kwargs, guide_trace)
-                ref_u, _ = self._group_value(group, reference_trace, model_trace)
-                ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
+                num_draws = self.moment_particles + self._positive_draws(context, up, u)
+                if not upstream and _draws_whole_group(guide, group):
+                    # AutoImplicit: the same draws from its sampler, without a traced run
+                    with torch.no_grad():
+                        draws = guide.draw_unconstrained(num_draws, *args, **kwargs)
+                    ref_u, ref_up = draws.reshape(num_draws, -1), None
+                else:
+                    if reference_trace is None:
+                        reference_trace = self._guide_draws(
+                            guide, num_draws, args, kwargs, guide_trace
+                        )
+                    ref_u, _ = self._group_value(group, reference_trace, model_trace)
+                    ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
                 terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:
                 with torch.no_grad(), poutine.block():
@@ -295,22 +305,25 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         elbo_particles = log_p - log_q_explicit - log_q_implicit
         loss = -_mean(elbo_particles)
         d_loss = sum(d_losses) if d_losses else loss.new_zeros(())
-        stats = {
-            "loss": loss.item(),
-            "generator_loss": loss.item(),
-            "discriminator_loss": d_loss.item(),
-            "discriminator_accuracy_p": sum(acc_p) / len(acc_p) if acc_p else None,
-            "discriminator_accuracy_q": sum(acc_q) / len(acc_q) if acc_q else None,
-        }
+        # kept on the device until read (one read for all; see StepStats)
+        stats = StepStats(
+            {
+                "loss": loss.detach(),
+                "generator_loss": loss.detach(),
+                "discriminator_loss": d_loss.detach(),
+                "discriminator_accuracy_p": MeanOf(acc_p) if acc_p else None,
+                "discriminator_accuracy_q": MeanOf(acc_q) if acc_q else None,
+            }
+        )
         if groups and self.adaptive_contrast:
             # KL(q || prior) of the implicit sites: E_q[log q - log p(z)]
             log_prior = 0.0
             for site_name in implicit:
                 site = model_trace.nodes[site_name]
                 log_prior = log_prior + particle_sum(site["log_prob"], nesting, 0)
-            stats["kl"] = _mean(log_q_implicit - log_prior).item()
+            stats["kl"] = _mean(log_q_implicit - log_prior).detach()
         elif groups:
-            stats["kl"] = _mean(log_q_implicit).item()
+            stats["kl"] = _mean(log_q_implicit).detach()
         if groups:
             stats["extrapolated_fraction"] = sum(f for f, _ in extrapolated) / len(extrapolated)
             # draws with a bounded logit in any group (at most the sum over groups)
@@ -344,6 +357,8 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         parts, ladjs = latent_features(group.names, guide_trace, model_trace, nesting)
         ladj = 0.0
         for site_name, site_ladj in zip(group.names, ladjs):
+            if site_ladj is None:  # an identity bijection (a real-valued latent): zero
+                continue
             site_ladj = site_ladj * guide_trace.nodes[site_name]["scale"]
             ladj = ladj + particle_sum(site_ladj, nesting, 0)
         if group.joint is not None:
@@ -622,3 +637,12 @@ def _rows(x, index):
 
 def _mean(x):
     return x.mean() if torch.is_tensor(x) else torch.as_tensor(x)
+
+
+def _draws_whole_group(guide, group):
+    """Whether ``guide`` is an AutoImplicit whose one joint draw is exactly ``group``."""
+    if not isinstance(guide, AutoImplicit) or group.joint is None:
+        return False
+    if group.joint != guide.joint_name or guide.prototype_trace is None:
+        return False
+    return group.names == [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]

@@ -1,6 +1,7 @@
 """The bookkeeping of two-sample games (GAN, ALI): a discriminator per group of sites."""
 
 from pyro_adv.infer.adversarial import StepLosses
+from pyro_adv.infer.stats import MeanOf, StepStats
 
 __all__ = ["TwoSampleGame"]
 
@@ -22,12 +23,12 @@ class TwoSampleGame:
         and the discriminator's accuracy on each side.
         """
         div = self.divergence
-        d_loss = totals.get("d_loss", 0.0) + div.discriminator_loss(p_logits, q_logits)
+        d_loss = _add(totals.get("d_loss"), div.discriminator_loss(p_logits, q_logits))
         totals["d_loss"] = d_loss + penalty
-        totals["penalty"] = totals.get("penalty", 0.0) + penalty.detach()
-        totals["g_loss"] = totals.get("g_loss", 0.0) + generator_loss
+        totals["penalty"] = _add(totals.get("penalty"), penalty.detach())
+        totals["g_loss"] = _add(totals.get("g_loss"), generator_loss)
         estimate = div.estimate(p_logits, q_logits).detach()
-        totals["estimate"] = totals.get("estimate", 0.0) + estimate
+        totals["estimate"] = _add(totals.get("estimate"), estimate)
         a_p, a_q = div.accuracy(p_logits, q_logits)
         totals.setdefault("acc_p", []).append(a_p)
         totals.setdefault("acc_q", []).append(a_q)
@@ -35,15 +36,22 @@ class TwoSampleGame:
     def _game_result(self, totals):
         """``_losses``'s return value from the ``totals`` of :meth:`_game_add`."""
         estimate, g_loss, d_loss = totals["estimate"], totals["g_loss"], totals["d_loss"]
-        acc_p, acc_q = totals["acc_p"], totals["acc_q"]
-        stats = {
-            "loss": estimate.item(),
-            "generator_loss": g_loss.item(),
-            "discriminator_loss": d_loss.item(),
-            "discriminator_accuracy_p": sum(acc_p) / len(acc_p),
-            "discriminator_accuracy_q": sum(acc_q) / len(acc_q),
-            "divergence": estimate.item(),
-        }
+        # kept on the device until read (one read for all; see StepStats)
+        stats = StepStats(
+            {
+                "loss": estimate,
+                "generator_loss": g_loss.detach(),
+                "discriminator_loss": d_loss.detach(),
+                "discriminator_accuracy_p": MeanOf(totals["acc_p"]),
+                "discriminator_accuracy_q": MeanOf(totals["acc_q"]),
+                "divergence": estimate,
+            }
+        )
         if getattr(self.divergence, "has_penalty", False):
-            stats["gradient_penalty"] = totals["penalty"].item()
+            stats["gradient_penalty"] = totals["penalty"]
         return StepLosses(estimate, g_loss, d_loss, stats)
+
+
+def _add(total, value):
+    # the first term as it is: ``0.0 + tensor`` would be one more tensor op
+    return value if total is None else total + value

@@ -20,6 +20,11 @@ from collections import OrderedDict
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
+from torch.distributions.transforms import (
+    ComposeTransform,
+    IndependentTransform,
+    identity_transform,
+)
 
 from pyro_adv.distributions.implicit import ImplicitValue, is_implicit, unwrap
 
@@ -109,7 +114,8 @@ def unconstrained(guide_site, model_site):
     this space: the KL divergence is invariant under the bijection, and the
     discriminator sees an unbounded vector.
 
-    :returns: ``(u, event_dim_of_u, log_abs_det_jacobian)``.
+    :returns: ``(u, event_dim_of_u, log_abs_det_jacobian)``, the last ``None`` where
+        the bijection is the identity (a real-valued latent: the Jacobian term is zero).
     """
     fn = model_site["fn"]
     z = guide_site["value"]
@@ -122,11 +128,23 @@ def unconstrained(guide_site, model_site):
     if u is None:
         u = transform.inv(z)
     u_event_dim = event_dim + transform.inv.codomain.event_dim - transform.inv.domain.event_dim
+    if _is_identity(transform):
+        return u, u_event_dim, None
     ladj = transform.log_abs_det_jacobian(u, z)
     extra = event_dim - transform.codomain.event_dim
     if extra > 0:
         ladj = ladj.sum(tuple(range(-extra, 0)))
     return u, u_event_dim, ladj
+
+
+def _is_identity(transform):
+    # biject_to(real) is identity_transform; of real_vector an IndependentTransform of
+    # an empty ComposeTransform
+    if isinstance(transform, IndependentTransform):
+        return _is_identity(transform.base_transform)
+    if isinstance(transform, ComposeTransform):
+        return all(_is_identity(part) for part in transform.parts)
+    return transform is identity_transform
 
 
 def latent_features(names, value_trace, support_trace, nesting):
@@ -135,7 +153,8 @@ def latent_features(names, value_trace, support_trace, nesting):
     value (see :func:`unconstrained`; values read from ``value_trace``, supports
     from ``support_trace``) in the padded layout, and its ``log |dz/du|``.
 
-    :returns: ``(parts, ladjs)``, two lists in the order of ``names``.
+    :returns: ``(parts, ladjs)``, two lists in the order of ``names`` (a ``None``
+        log-Jacobian where the bijection is the identity).
     """
     parts, ladjs = [], []
     for name in names:

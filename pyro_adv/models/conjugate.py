@@ -43,10 +43,19 @@ class ConjugateGaussian:
     def model(self, x=None, num_data=None):
         """Pyro model: latent site ``"z"`` (global), observed site ``"x"`` in plate ``"data"``."""
         n = x.shape[0] if x is not None else num_data
-        z = pyro.sample("z", dist.MultivariateNormal(self.prior_loc, self.prior_cov))
+        z = pyro.sample("z", dist.MultivariateNormal(self.prior_loc, scale_tril=self._prior_tril()))
         with pyro.plate("data", n):
             loc = z @ self.design.T  # batch dims of z broadcast against the plate
             return pyro.sample("x", dist.Normal(loc, self.noise_scale).to_event(1), obs=x)
+
+    def _prior_tril(self):
+        # the Cholesky factor MultivariateNormal(covariance_matrix=) would compute on every
+        # call (the same tensor, so the same log-densities), once per prior_cov and version
+        key = (self.prior_cov, self.prior_cov._version)
+        cached = getattr(self, "_tril_cache", None)
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] != key[1]:
+            cached = self._tril_cache = (key, torch.linalg.cholesky(self.prior_cov))
+        return cached[1]
 
     def simulate(self, num_data, generator=None):
         """Draws ``(z, x)`` from the model."""

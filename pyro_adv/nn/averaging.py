@@ -123,6 +123,7 @@ class ParameterEMA:
             return
         self._pending = False
         rho = self.rate()
+        shadows, values = [], []
         for name, p in self._params.items():
             shadow = self.shadows.get(name)
             value = p.detach()
@@ -131,7 +132,12 @@ class ParameterEMA:
             else:
                 if shadow.device != value.device or shadow.dtype != value.dtype:
                     shadow = self.shadows[name] = shadow.to(value)
-                shadow.mul_(rho).add_(value, alpha=1.0 - rho)
+                shadows.append(shadow)
+                values.append(value)
+        if shadows:
+            # shadow * rho + value * (1 - rho) for all at once (multi-tensor kernels)
+            torch._foreach_mul_(shadows, rho)
+            torch._foreach_add_(shadows, values, alpha=1.0 - rho)
         self.num_updates += 1
 
     def averaged(self, name):

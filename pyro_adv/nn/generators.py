@@ -95,7 +95,8 @@ class MLPGenerator(MLP):
         """A standard-normal noise distribution with this generator's dtype and device."""
         p = next(self.parameters())
         zeros = p.new_zeros(torch.Size(batch_shape) + (self.noise_dim,))
-        return dist.Normal(zeros, 1.0).to_event(1)
+        # standard normal noise: nothing to validate (a device read per argument check)
+        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
 
     def distribution(self, *batch_shape):
         """``ImplicitDistribution(self, self.noise(*batch_shape))``."""
@@ -205,6 +206,16 @@ class ImplicitEncoder(nn.Module):
             # whether the first batch has fixed them (a buffer: saved with state_dict)
             self.register_buffer("context_initialized", torch.tensor(False))
 
+    def _context_ready(self):
+        # the buffer read once (a device read), then remembered until a state is loaded
+        if not self.__dict__.get("_ready", False):
+            self.__dict__["_ready"] = bool(self.context_initialized)
+        return self.__dict__["_ready"]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__["_ready"] = False  # the loaded buffer decides again
+        return super()._load_from_state_dict(*args, **kwargs)
+
     @torch.no_grad()
     def _initialize_context(self, context):
         flat = context.detach().reshape(-1, context.shape[-1])
@@ -219,6 +230,7 @@ class ImplicitEncoder(nn.Module):
         self.context_loc.copy_(loc)
         self.context_log_scale.copy_(scale.log())
         self.context_initialized.fill_(True)
+        self.__dict__["_ready"] = True
 
     def generate(self, context, noise):
         """``G(x, eps)`` for broadcastable ``context`` and ``noise``."""
@@ -231,7 +243,7 @@ class ImplicitEncoder(nn.Module):
         if self.context_transform is not None:
             context = self.context_transform(context)
         if self.standardize_context:
-            if not bool(self.context_initialized):
+            if not self._context_ready():
                 self._initialize_context(context)
             loc = averaged_value(self.context_loc)
             log_scale = averaged_value(self.context_log_scale)
@@ -259,11 +271,13 @@ class ImplicitEncoder(nn.Module):
         if context.dtype != dtype:
             # integer counts or float64 data: the network's dtype, not a matmul error
             context = context.to(dtype)
-        if self.standardize_context and not bool(self.context_initialized):
+        if self.standardize_context and not self._context_ready():
             first = context if self.context_transform is None else self.context_transform(context)
             self._initialize_context(first)
         batch_shape = context.shape[:-1]
-        noise = dist.Normal(context.new_zeros(batch_shape + (self.noise_dim,)), 1.0).to_event(1)
+        zeros = context.new_zeros(batch_shape + (self.noise_dim,))
+        # standard normal noise: nothing to validate (a device read per argument check)
+        noise = dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
         return ImplicitDistribution(
             lambda eps: self.generate(context, eps), noise, event_shape=(self.latent_dim,)
         )

@@ -166,7 +166,8 @@ class AutoImplicit(AutoContinuous):
 
     def get_posterior(self, *args, **kwargs):
         """The joint implicit posterior over the packed unconstrained latent vector."""
-        noise = dist.Normal(self._noise_loc, 1.0).to_event(1)
+        # standard normal noise: nothing to validate (a device read per argument check)
+        noise = dist.Normal(self._noise_loc, 1.0, validate_args=False).to_event(1)
         return ImplicitDistribution(self._generate, noise, event_shape=(self.latent_dim,))
 
     def _generate(self, eps):
@@ -175,6 +176,26 @@ class AutoImplicit(AutoContinuous):
             with raw_weights():
                 return self.loc + self.sampler(eps)
         return averaged_value(self.loc) + self.sampler(eps)
+
+    @property
+    def joint_name(self):
+        """The ``joint`` of this guide's :class:`~pyro_adv.distributions.ImplicitValue` sites."""
+        return self._pyro_name or "AutoImplicit"
+
+    def draw_unconstrained(self, num_draws, *args, **kwargs):
+        """
+        ``num_draws`` joint draws of the packed unconstrained latent vector, shape
+        ``(num_draws, latent_dim)``, drawn outside Pyro's effect handlers (no sample
+        or param sites are recorded). They equal the values a trace of the guide
+        under a plate of ``num_draws`` would give, each latent's unconstrained
+        value flattened in the guide's site order, from the same random stream;
+        :class:`~pyro_adv.infer.TraceAVB_ELBO` takes its reference draws from here
+        (Pyro's handlers cost more than the sampler on small problems).
+        Gradients flow unless called under :func:`torch.no_grad`.
+        """
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        return self.get_posterior(*args, **kwargs).rsample((num_draws,))
 
     def forward(self, *args, **kwargs):
         """
@@ -197,7 +218,7 @@ class AutoImplicit(AutoContinuous):
                     ImplicitValue(
                         value,
                         event_dim=site["fn"].event_dim,
-                        joint=self._pyro_name or "AutoImplicit",
+                        joint=self.joint_name,
                         unconstrained_value=unconstrained_value,
                     ),
                 )
