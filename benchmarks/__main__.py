@@ -72,6 +72,12 @@ def _load(entry):
     return "n/a" if load is None else f"{load[0]:.1f} before, {load[1]:.1f} after"
 
 
+def _seconds(entry):
+    # a table assembled from separately run pieces has no single wall time
+    seconds = entry.get("seconds")
+    return "wall time n/a (run in pieces)" if seconds is None else f"{seconds:.0f} s"
+
+
 def write_report(outdir):
     """Rebuilds ``results.json`` and ``report.md`` from the table files in ``outdir``."""
     found = _load_table_files(outdir)
@@ -85,7 +91,7 @@ def write_report(outdir):
         lines += [f"## {entry['title']}", ""]
         lines += [
             f"*{entry['date']}; {entry['machine']}; suite `{entry['suite']}`, "
-            f"seed {entry['seed']}; {entry['seconds']:.0f} s; "
+            f"seed {entry['seed']}; {_seconds(entry)}; "
             f"load average {_load(entry)}; "
             f"`{entry['command']}`*",
             "",
