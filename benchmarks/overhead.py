@@ -310,7 +310,7 @@ def _same_math(problem, losses, ours, theirs):
     return losses_diff, grads_diff
 
 
-class _DeviceReads(TorchFunctionMode):
+class DeviceReads(TorchFunctionMode):
     """
     Counts reads of tensor values into Python (a synchronization each on a GPU),
     except those of torch's optimizers, which read their step counters kept on the CPU.
@@ -333,7 +333,7 @@ class _DeviceReads(TorchFunctionMode):
 
 
 def _reads_per_step(step, steps=5):
-    with _DeviceReads() as reads:
+    with DeviceReads() as reads:
         for _ in range(steps):
             step()
     return reads.count / steps

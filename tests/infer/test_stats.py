@@ -1,15 +1,12 @@
 """Step statistics stay on the device until read; a training step reads it twice."""
 
-import os
-import sys
-
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI
-from torch.overrides import TorchFunctionMode
 
+from benchmarks.overhead import DeviceReads
 from pyro_adv.distributions import ImplicitDistribution
 from pyro_adv.infer import Trace_ALI, Trace_GAN, TraceAVB_ELBO
 from pyro_adv.infer.autoguide import AutoImplicit
@@ -35,25 +32,6 @@ def test_values_are_those_of_item():
     stats["c"] = torch.tensor(4.0)
     assert stats["c"] == 4.0 and len(stats) == 7
     assert repr(stats).startswith("{'a': ")
-
-
-class _Reads(TorchFunctionMode):
-    """Reads of tensor values into Python outside torch's optimizers (their step counters)."""
-
-    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"}
-    OPTIM = os.path.join(os.path.dirname(torch.__file__), "optim")
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", None) in self.READS:
-            frame = sys._getframe(1)
-            while frame is not None and not frame.f_code.co_filename.startswith(self.OPTIM):
-                frame = frame.f_back
-            self.count += frame is None
-        return func(*args, **(kwargs or {}))
 
 
 def _avb():
@@ -102,7 +80,7 @@ def test_a_step_reads_the_device_twice_or_so(problem):
     model, guide, objective, args = problem()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), objective)
     svi.step(*args)
-    with pyro.validation_enabled(False), _Reads() as reads:
+    with pyro.validation_enabled(False), DeviceReads() as reads:
         for _ in range(3):
             svi.step(*args)
     # AVB also reads its extrapolated fraction and draw count each step (two reads)
@@ -110,7 +88,7 @@ def test_a_step_reads_the_device_twice_or_so(problem):
     assert reads.count == 3 * expected
     # the statistics are still tensors, and reading them is one more read
     assert not objective.stats.resolved
-    with _Reads() as reads:
+    with DeviceReads() as reads:
         values = dict(objective.stats)
     assert reads.count == 1
     assert all(v is None or isinstance(v, (int, float)) for v in values.values())
