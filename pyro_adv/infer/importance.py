@@ -109,7 +109,7 @@ class RefitImportanceWeights:
         per_member = max(min(per_member, REFIT_MAX_POOL_ROWS // contexts), 64)
         return REFIT_MEMBERS * per_member
 
-    def _refit_terms(self, disc, real_in, fake_in, z_in, steps):
+    def _refit_terms(self, disc, real_in, fake_in, z_in, steps, draw_reference=None):
         r"""
         The diagnosis-time refit: ``REFIT_MEMBERS`` copies of the trained
         discriminator, each trained for ``steps`` Adam steps (learning rate decaying
@@ -121,9 +121,12 @@ class RefitImportanceWeights:
         members = REFIT_MEMBERS
         pool = real_in[-1].shape[0] // members
         last = real_in[-1]
-        fresh = torch.randn(
-            (members * pool,) + fake_in[-1].shape[1:], dtype=last.dtype, device=last.device
-        )
+        if draw_reference is None:  # the whitened Gaussian reference: N(0, I)
+            fresh = torch.randn(
+                (members * pool,) + fake_in[-1].shape[1:], dtype=last.dtype, device=last.device
+            )
+        else:
+            fresh = draw_reference(members * pool).reshape((-1,) + fake_in[-1].shape[1:])
         fake_in = fake_in[:-1] + (fresh,)
         rows = max(1, math.prod(last.shape[1:-1]))
         batch = max(1, min(pool, REFIT_BATCH_ROWS // rows))

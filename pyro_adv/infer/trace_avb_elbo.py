@@ -1,14 +1,13 @@
 r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2)."""
 
-import math
-
 import pyro.poutine as poutine
 import torch
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses
 from pyro_adv.infer.autoguide import AutoImplicit
-from pyro_adv.infer.contrast import conditional_gaussian
+from pyro_adv.infer.checks import check_positive_int
+from pyro_adv.infer.contrast import AdaptiveContrast
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.importance import RefitImportanceWeights, log_weight_resolution
 from pyro_adv.infer.particles import ParticleTraces
@@ -27,10 +26,8 @@ from pyro_adv.nn.discriminators import Discriminator, PairDiscriminator
 
 __all__ = ["TraceAVB_ELBO"]
 
-_LOG_2PI = math.log(2 * math.pi)
 
-
-class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective):
+class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, AdversarialObjective):
     r"""
     The evidence lower bound for guides with *implicit* sites, whose density is
     estimated by a discriminator: Adversarial Variational Bayes (Mescheder,
@@ -61,6 +58,14 @@ class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective
     underestimates how peaked :math:`q` is (the thesis's x = 30 ring came out 45%
     too thin that way). Plain AVB (``adaptive_contrast=False``: :math:`r` = the
     prior, the discriminator sees :math:`z` against prior draws) under-disperses.
+
+    **Mixture-aware contrast** (automatic for an
+    :class:`~pyro_adv.infer.autoguide.AutoImplicit` with ``num_components > 1``, or
+    ``contrast_components=K``): one Gaussian spanning separated modes leaves a ratio
+    too steep for the discriminator, which then under-states how peaked each mode is
+    and AVB makes the modes too narrow. For global groups :math:`r` is then a
+    :math:`K`-component Gaussian mixture fitted to the guide's draws by a few
+    warm-started EM steps (:class:`~pyro_adv.infer.contrast.GaussianMixtureReference`).
 
     **Where the discriminator looks.** The guide's density factorizes along its
     plates, :math:`q(g)\prod_i q(z_i \mid g, x_i)`: a :class:`~pyro.plate`
@@ -127,6 +132,10 @@ class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective
     :param int discriminator_steps: discriminator updates per step (default 1).
     :param pyro.optim.PyroOptim discriminator_optim: optimizer of extra updates.
     :param str discriminator_prefix: param-store prefix of the discriminators.
+    :param int contrast_components: components of the reference of global groups
+        (``None``: the guide's ``num_components`` for an ``AutoImplicit``, else 1, one
+        Gaussian). Groups with upstream latents or a context keep the conditional
+        Gaussian.
     :param float ema_decay: largest decay of the weight averages the sampling
         networks use after training (:mod:`pyro_adv.nn.averaging`, e.g. ``0.999``);
         ``None`` (the default for AVB): off. AVB's guide descends a likelihood-based
@@ -155,6 +164,7 @@ class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective
         discriminator_optim=None,
         discriminator_prefix="discriminator",
         ema_decay=None,
+        contrast_components=None,
     ):
         if adaptive_contrast not in (True, False, "full", "diagonal"):
             raise ValueError(
@@ -181,10 +191,20 @@ class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective
         self.discriminator_hidden_dims = tuple(discriminator_hidden_dims)
         self.discriminator_activation = discriminator_activation
         self.discriminator_spec = discriminator
+        if contrast_components is not None:
+            contrast_components = check_positive_int(
+                contrast_components, "contrast_components", "TraceAVB_ELBO"
+            )
+        self.contrast_components = contrast_components
+        self._mixture_references = {}
         self.divergence = Minimax()  # logistic regression: the logit estimates log q / r
         if self.num_particles == 1 and self.max_plate_nesting != float("inf"):
             self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
         self.validate_options()
+
+    def _reset(self):
+        super()._reset()
+        self._mixture_references = {}  # fitted to the previous guide's draws
 
     def _losses(self, model, guide, args, kwargs):
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
@@ -246,7 +266,11 @@ class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective
                         )
                     ref_u, _ = group_value(group, reference_trace, model_trace, nesting)
                     ref_up = upstream_value(group, upstream, reference_trace, model_trace, nesting)
-                terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
+                components = self._reference_components(guide, up, context, ref_u)
+                if components > 1:
+                    terms = self._mixture_terms(group, u, ref_u, components)
+                else:
+                    terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:
                 with torch.no_grad(), poutine.block():
                     prior_trace = self._run_model(
@@ -323,35 +347,6 @@ class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective
         )
 
     # ------------------------------------------------------------ the two games
-    def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
-        """
-        Adaptive contrast for one group: the estimate of ``log q_u`` per particle
-        and context, the discriminator loss and its accuracies.
-
-        ``r`` is the Gaussian of the guide's own moments, *conditioned on the
-        upstream latents* when there are any: from the joint mean and covariance of
-        (upstream, group) over the reference draws, ``r(u | up) = N(mu_u + A (up -
-        mu_up), S)`` with ``A = C_{u,up} C_{up,up}^{-1}`` and ``S`` the Schur
-        complement. Any fixed conditional ``r`` leaves the AVB identity exact; this
-        one makes the ratio left to the discriminator close to one. r comes from
-        some draws, the discriminator's positives from others, so the discriminator
-        is trained on the distribution it scores.
-        """
-        m = self.moment_particles
-        up_draws = None if up is None else ref_up[:m]
-        whiten, log_det = conditional_gaussian(ref_u[:m], up_draws, self.adaptive_contrast)
-        real_up = None if up is None else ref_up[m:]
-        real = whiten(ref_u[m:], real_up)
-        fake = torch.randn_like(real)
-        z = whiten(u, up)
-        log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
-        terms = self._discriminate(
-            group, z, join_features(context, up), real, fake, join_features(context, real_up)
-        )
-        return terms._replace(
-            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
-        )
-
     def _plain_terms(self, group, u, up, context, prior_u):
         """
         Plain AVB for one group: the discriminator tells guide draws from draws of
@@ -361,7 +356,7 @@ class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective
         ctx = join_features(context, up)
         return self._discriminate(group, u, ctx, u.detach(), prior_u, ctx)
 
-    def _discriminate(self, group, z, ctx, real, fake, real_ctx):
+    def _discriminate(self, group, z, ctx, real, fake, real_ctx, draw_reference=None):
         """
         Trains the group's discriminator on ``real`` (guide, the q side) against
         ``fake`` (reference, the p side) draws, both seen with ``real_ctx``, and
@@ -384,7 +379,7 @@ class TraceAVB_ELBO(RefitImportanceWeights, ParticleTraces, AdversarialObjective
             z_in = (_expand(ctx, z), z)
         refit = self._refit if self._refit is not None and self.adaptive_contrast else None
         if refit is not None:
-            return self._refit_terms(disc, real_in, fake_in, z_in, refit)
+            return self._refit_terms(disc, real_in, fake_in, z_in, refit, draw_reference)
         real_logits = disc(*real_in)
         fake_logits = disc(*fake_in)
         t = self.frozen(disc)(*z_in)
