@@ -209,7 +209,7 @@ def fit(
 
     For ``discriminator_steps > 1`` the objective's extra discriminator updates
     use a copy of ``svi.optim``'s settings unless it was given its own optimizer
-    (see :meth:`~pyro_adv.infer.AdversarialObjective.use_optimizer_of`).
+    (see :meth:`~pyro_adv.infer.players.DiscriminatorPlayers.use_optimizer_of`).
 
     :param pyro.infer.SVI svi: the SVI object.
     :param int num_steps: number of steps.

@@ -438,7 +438,7 @@ class StepChecks:
     #: options that must be positive integers where a subclass has them
     _POSITIVE_INT_OPTIONS = ("num_particles", "discriminator_particles", "moment_particles")
     #: options that hold a discriminator spec (``None``, a module or a factory)
-    _DISCRIMINATOR_OPTIONS = ("discriminator_spec", "discriminator_factory")
+    _DISCRIMINATOR_OPTIONS = ("discriminator_spec",)
 
     def validate_options(self):
         """

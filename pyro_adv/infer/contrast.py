@@ -1,11 +1,23 @@
 """
 The reference of adaptive contrast (Mescheder et al. 2017, section 3.3): a Gaussian
-with the guide's own moments, conditioned on the latents a group depends on.
+with the guide's own moments, conditioned on the latents a group depends on; or, for
+guides that are mixtures, a Gaussian mixture fitted to the guide's draws.
 """
+
+import math
 
 import torch
 
-__all__ = ["conditional_gaussian"]
+from pyro_adv.infer.util import join_features
+
+__all__ = [
+    "AdaptiveContrast",
+    "GaussianMixtureReference",
+    "conditional_gaussian",
+    "mixture_contrast",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
 
 
 def conditional_gaussian(draws, up_draws=None, mode=True):
@@ -60,3 +72,207 @@ def conditional_gaussian(draws, up_draws=None, mode=True):
         return torch.linalg.solve_triangular(tri, centred.unsqueeze(-1), upper=False).squeeze(-1)
 
     return whiten, chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
+class GaussianMixtureReference:
+    r"""
+    The reference of *mixture-aware* adaptive contrast: a Gaussian mixture
+
+    .. math:: r(u) = \sum_{k=1}^K w_k\, N(u;\ \mu_k, \Sigma_k)
+
+    fitted by expectation-maximization (Dempster, Laird and Rubin 1977) to guide
+    draws, warm-started from the previous fit, so a step costs a few EM iterations.
+
+    Why: one Gaussian spanning two separated modes leaves the discriminator a ratio
+    :math:`\log q/r` that is steep at the modes and deeply negative between them; a
+    discriminator trained on a few dozen draws a step smooths it, under-states how
+    peaked :math:`q` is, and AVB then makes each mode too narrow (measured on the
+    zoo's bimodal posterior with an 8-component guide: each mode's sd 20-90% of
+    exact, 0.95-1.2 with this reference). When :math:`r` is close to :math:`q`, the
+    ratio left to learn is close to flat again, as with one Gaussian on unimodal
+    guides. Any fixed :math:`r` leaves the AVB identity exact.
+
+    Covariances are full where each component has at least four draws per dimension
+    on average, diagonal otherwise; a floor of :math:`10^{-4}` times the draws'
+    variance keeps a collapsed component proper.
+
+    :param int num_components: :math:`K`.
+    :param int iterations: EM iterations per :meth:`fit` after the first.
+    :param int first_iterations: EM iterations of the first fit (from k-means++ seeds).
+    """
+
+    def __init__(self, num_components, iterations=5, first_iterations=25):
+        if isinstance(num_components, bool) or not isinstance(num_components, int):
+            raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
+        if num_components < 1:
+            raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
+        self.num_components = num_components
+        self.iterations = iterations
+        self.first_iterations = first_iterations
+        #: ``(log_weights (K,), means (K, d), scale_tril (K, d, d))`` of the last fit
+        self.params = None
+
+    def reset(self):
+        """Forgets the fit: the next :meth:`fit` starts from k-means++ seeds."""
+        self.params = None
+
+    def _seeds(self, x):
+        # k-means++ (Arthur and Vassilvitskii 2007): spread-out starting means
+        n, K = x.shape[0], self.num_components
+        chosen = [int(torch.randint(n, (), device=x.device))]
+        for _ in range(K - 1):
+            d2 = torch.cdist(x, x[chosen]).pow(2).min(1).values
+            chosen.append(int(torch.multinomial(d2 + 1e-12 * d2.max().clamp_min(1e-30), 1)))
+        return x[chosen].clone()
+
+    def fit(self, draws):
+        """Fits the mixture to ``draws`` of shape ``(n, d)`` (no gradient)."""
+        x = draws.detach()
+        n, d = x.shape
+        K = self.num_components
+        full = n >= 4 * d * K and d > 1
+        floor = 1e-4 * x.var(0).clamp_min(1e-12)
+        params, iterations = self.params, self.iterations
+        if params is None or params[1].shape != (K, d) or params[1].dtype != x.dtype:
+            means = self._seeds(x)
+            var = x.var(0).clamp_min(1e-12)
+            params = (
+                torch.full((K,), -math.log(K), dtype=x.dtype, device=x.device),
+                means,
+                torch.diag_embed(var.sqrt().expand(K, d)).clone(),
+            )
+            iterations = self.first_iterations
+        for _ in range(iterations):
+            log_p = self._component_log_probs(x, *params)  # (n, K)
+            resp = (log_p - log_p.logsumexp(-1, keepdim=True)).exp()
+            nk = resp.sum(0) + 1e-10
+            means = (resp.T @ x) / nk[:, None]
+            centred = x.unsqueeze(1) - means  # (n, K, d)
+            if full:
+                cov = torch.einsum("nk,nki,nkj->kij", resp, centred, centred) / nk[:, None, None]
+                cov = cov + torch.diag_embed(floor.expand(K, d))
+                tril = torch.linalg.cholesky(cov)
+            else:
+                var = (resp.unsqueeze(-1) * centred.pow(2)).sum(0) / nk[:, None] + floor
+                tril = torch.diag_embed(var.sqrt())
+            params = ((nk / n).log(), means, tril)
+        self.params = params
+        return self
+
+    @staticmethod
+    def _component_log_probs(x, log_w, means, tril):
+        centred = (x.unsqueeze(-2) - means).unsqueeze(-1)  # (..., K, d, 1)
+        tri = tril.expand(centred.shape[:-1] + tril.shape[-1:])
+        white = torch.linalg.solve_triangular(tri, centred, upper=False).squeeze(-1)
+        log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        d = means.shape[-1]
+        return log_w - 0.5 * white.pow(2).sum(-1) - log_det - 0.5 * d * _LOG_2PI
+
+    def log_prob(self, u):
+        r""":math:`\log r(u)` for ``u`` of shape ``(..., d)`` (differentiable in ``u``)."""
+        return self._component_log_probs(u, *self.params).logsumexp(-1)
+
+    def sample(self, num_draws):
+        """``num_draws`` draws of :math:`r`, shape ``(num_draws, d)``."""
+        log_w, means, tril = self.params
+        k = torch.multinomial(log_w.exp(), num_draws, replacement=True)
+        eps = torch.randn(num_draws, means.shape[-1], 1, dtype=means.dtype, device=means.device)
+        return means[k] + (tril[k] @ eps).squeeze(-1)
+
+
+def mixture_contrast(reference, u, ref_u, num_moment_draws):
+    r"""
+    Mixture-aware adaptive contrast for a global group: fits ``reference`` (a
+    :class:`GaussianMixtureReference`) to the first ``num_moment_draws`` guide draws
+    ``ref_u`` and returns what the discriminator sees, standardized by those draws'
+    mean and sd: the gradient particles ``u``, the guide draws left (its positives),
+    as many reference draws, a function drawing more of them, and :math:`\log r(u)`.
+    ``u`` and ``ref_u`` are in the padded layout (draws on dim 0, features last, the
+    dims between of size 1); everything returned keeps it (``log r`` without the
+    feature dim).
+
+    :returns: ``(z, real, fake, draw_reference, log_r)``.
+    """
+    m, layout = num_moment_draws, ref_u.shape[1:]
+    flat = ref_u.reshape(ref_u.shape[0], -1)
+    with torch.no_grad():
+        reference.fit(flat[:m])
+        loc = flat[:m].mean(0)
+        scale = flat[:m].std(0).clamp_min(1e-12)
+
+    def draw_reference(num_draws):
+        with torch.no_grad():
+            return ((reference.sample(num_draws) - loc) / scale).reshape((-1,) + layout)
+
+    u_flat = u.reshape(u.shape[0], -1)
+    real = ((flat[m:] - loc) / scale).reshape((-1,) + layout)
+    z = ((u_flat - loc) / scale).reshape(u.shape)
+    log_r = reference.log_prob(u_flat).reshape(u.shape[:-1])
+    return z, real, draw_reference(real.shape[0]), draw_reference, log_r
+
+
+class AdaptiveContrast:
+    r"""
+    The adaptive-contrast terms of :class:`~pyro_adv.infer.TraceAVB_ELBO` (mixed into
+    it): for each group, a reference :math:`r` close to the guide, whose draws the
+    discriminator tells from the guide's, so that :math:`\log q = T + \log r`. It
+    reads the objective's ``moment_particles``, ``adaptive_contrast``,
+    ``contrast_components`` and ``_mixture_references`` and calls its
+    ``_discriminate``.
+    """
+
+    def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
+        """
+        Adaptive contrast for one group: the estimate of ``log q_u`` per particle
+        and context, the discriminator loss and its accuracies.
+
+        ``r`` is the Gaussian of the guide's own moments, *conditioned on the
+        upstream latents* when there are any: from the joint mean and covariance of
+        (upstream, group) over the reference draws, ``r(u | up) = N(mu_u + A (up -
+        mu_up), S)`` with ``A = C_{u,up} C_{up,up}^{-1}`` and ``S`` the Schur
+        complement. Any fixed conditional ``r`` leaves the AVB identity exact; this
+        one makes the ratio left to the discriminator close to one. r comes from
+        some draws, the discriminator's positives from others, so the discriminator
+        is trained on the distribution it scores.
+        """
+        m = self.moment_particles
+        up_draws = None if up is None else ref_up[:m]
+        whiten, log_det = conditional_gaussian(ref_u[:m], up_draws, self.adaptive_contrast)
+        real_up = None if up is None else ref_up[m:]
+        real = whiten(ref_u[m:], real_up)
+        fake = torch.randn_like(real)
+        z = whiten(u, up)
+        log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
+        terms = self._discriminate(
+            group, z, join_features(context, up), real, fake, join_features(context, real_up)
+        )
+        return terms._replace(
+            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
+        )
+
+    def _reference_components(self, guide, up, context, ref_u):
+        """
+        Components of the group's reference: ``contrast_components``, else the
+        guide's (an :class:`~pyro_adv.infer.autoguide.AutoImplicit` mixture); 1 (one
+        Gaussian) for groups with upstream latents or a context, whose reference is
+        conditional.
+        """
+        if up is not None or context is not None or math.prod(ref_u.shape[1:-1]) > 1:
+            return 1
+        if self.contrast_components is not None:
+            return self.contrast_components
+        # an AutoImplicit mixture of networks (num_components > 1) draws the whole group
+        return getattr(guide, "num_components", 1)
+
+    def _mixture_terms(self, group, u, ref_u, components):
+        """Mixture-aware adaptive contrast: a Gaussian-mixture reference (see
+        :class:`~pyro_adv.infer.contrast.GaussianMixtureReference`), warm-started."""
+        reference = self._mixture_references.get(group.key)
+        if reference is None or reference.num_components != components:
+            reference = GaussianMixtureReference(components)
+            self._mixture_references[group.key] = reference
+        z, real, fake, draw, log_r = mixture_contrast(reference, u, ref_u, self.moment_particles)
+        terms = self._discriminate(group, z, None, real, fake, None, draw)
+        return terms._replace(
+            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
+        )

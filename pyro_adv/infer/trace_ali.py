@@ -8,13 +8,20 @@ from collections import OrderedDict
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch import nn
 
 from pyro_adv.distributions.implicit import ImplicitValue, unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
 from pyro_adv.infer.checks import check_discriminator_spec
 from pyro_adv.infer.divergences import get_divergence
+from pyro_adv.infer.importance import PairImportanceWeights, bounded_log_ratio
+from pyro_adv.infer.pairs import (
+    PairLayout,
+    check_pathwise_guide,
+    observed_sites,
+    pair_latents,
+    pair_rows,
+)
 from pyro_adv.infer.simulation import (
     SiteNodes,
     check_bank,
@@ -25,12 +32,7 @@ from pyro_adv.infer.simulation import (
 from pyro_adv.infer.two_sample import TwoSampleGame
 from pyro_adv.infer.util import (
     check_latents,
-    context_features,
-    depends_on_parameters,
-    flat_features,
     group_implicit_sites,
-    join_features,
-    latent_features,
     module_key,
     plate_frames,
 )
@@ -42,7 +44,7 @@ __all__ = ["Trace_ALI"]
 GLOBAL_PARTICLES = 64
 
 
-class Trace_ALI(TwoSampleGame, AdversarialObjective):
+class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
     r"""
     Adversarially Learned Inference (Dumoulin et al. 2016) and BiGAN (Donahue,
     Krähenbühl and Darrell 2016): an amortized posterior :math:`q_\gamma(z \mid x)`
@@ -259,92 +261,8 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         ).get_trace(*args, **kwargs)
         return guide_trace, model_trace
 
-    def _observed(self, model_trace):
-        name = type(self).__name__
-        observed, factors = [], []
-        for site_name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
-                continue
-            if site_is_factor(site):
-                factors.append(site_name)
-                continue
-            observed.append(site_name)
-        if factors:
-            warnings.warn(
-                f"{name} ignores pyro.factor statements {factors}: it compares simulated "
-                "and observed pairs and scores no density"
-            )
-        if not observed:
-            raise ValueError(
-                f"{name}: the model has no observed site. Trace_ALI pairs observed values "
-                "with latents: pass the data to the model (svi.step(data)) and observe it "
-                "with pyro.sample(name, fn, obs=data)."
-            )
-        return observed
-
-    def _check_guide(self, guide_trace, latents):
-        for site_name in latents:
-            fn = guide_trace.nodes[site_name]["fn"]
-            if not getattr(fn, "has_rsample", False) and depends_on_parameters(fn):
-                raise ValueError(
-                    f"{type(self).__name__}: guide site '{site_name}' "
-                    f"({type(unwrap(fn)[0]).__name__}) is not reparameterizable; Trace_ALI "
-                    "trains the guide through its samples (pathwise gradients)."
-                )
-
-    # ---------------------------------------------------------------- features
-    def _latents(self, group, nodes, guide_trace, model_trace, real):
-        """Unconstrained latents of a group in padded layout (one row per particle if global)."""
-        nesting = self.max_plate_nesting
-        if real:  # simulated values, on the supports of the simulated sites
-            parts, _ = latent_features(group.names, nodes, nodes, nesting)
-        else:
-            parts, _ = latent_features(group.names, guide_trace, model_trace, nesting)
-        u = join_features(*parts)
-        if not group.is_local:
-            u = u.reshape(self._lead(), -1)
-        return u
-
     def _lead(self):
         return self.num_particles if self.num_particles > 1 else 1
-
-    def _all_observed(self, nodes, observed, dtype):
-        """All observed values flattened, one row per particle."""
-        nesting, lead = self.max_plate_nesting, self._lead()
-        parts = []
-        for site_name in observed:
-            site = nodes.nodes[site_name]
-            value = flat_features(site["value"], site["fn"].event_dim, nesting)
-            first = value.shape[0] if lead > 1 else 1
-            parts.append(value.reshape(first, -1).to(dtype).expand(lead, -1))
-        return torch.cat(parts, -1)
-
-    def _pairs(self, group, u, nodes, observed, globals_u):
-        """Rows ``(x, z)`` of one group: observed features (+ global latents) and latents."""
-        nesting = self.max_plate_nesting
-        if not group.is_local:
-            x = self._all_observed(nodes, observed, u.dtype)
-            if self.context_transform is not None:
-                x = self.context_transform(x)
-            return x, u
-        particle_dim = 0 if self.num_particles > 1 else None
-        context = context_features(nodes, group, nesting, particle_dim)
-        if context is None:
-            raise ValueError(
-                f"{type(self).__name__}: no observed site shares the plates "
-                f"{[f.name for f in group.frames]} of latents {group.names}; Trace_ALI pairs "
-                "plate-local latents with the observations of their plate element."
-            )
-        context = context.to(u.dtype)
-        if self.context_transform is not None:
-            context = self.context_transform(context)
-        parts = [context]
-        if globals_u is not None:
-            shape = (globals_u.shape[0],) + (1,) * (nesting - 1) if nesting else ()
-            parts.append(globals_u.reshape(shape + globals_u.shape[-1:]))
-        x = join_features(*parts, u)
-        x = x.reshape(-1, x.shape[-1])
-        return x[:, : x.shape[-1] - u.shape[-1]], x[:, x.shape[-1] - u.shape[-1] :]
 
     def _check_data_varies(self, group, x_fake):
         if self._warned_fixed_data or not x_fake.numel():
@@ -364,23 +282,13 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         self._global_data = fingerprint
 
     # ----------------------------------------------------------------- players
-    def _factory(self, key):
-        spec = self.discriminator_spec
-        if spec is None:
-            return lambda: PairDiscriminator(
-                self.discriminator_hidden_dims, self.discriminator_activation
-            )
-        if isinstance(spec, nn.Module):
-            return lambda: spec
-        return lambda: spec(key)
-
     def _discriminator(self, key, x, z):
         key = module_key(key)
         if key not in self.discriminators:
             # lazily sized; the input standardization comes from this batch
             self._build_discriminator(
                 key,
-                self._factory(key),
+                self.spec_factory(key, PairDiscriminator),
                 torch.cat([x, z], -1),
                 probe=lambda module: module(x.detach(), z.detach()),
             )
@@ -395,8 +303,8 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
                 f"{name}: the model has no latent site; to fit a simulator to data without "
                 "latents use pyro_adv.infer.Trace_GAN"
             )
-        self._check_guide(guide_trace, latents)
-        observed = self._observed(model_trace)
+        check_pathwise_guide(guide_trace, latents, name)
+        observed = observed_sites(model_trace, name)
         groups = group_implicit_sites(guide_trace, latents, implicit_only=False)
         if isinstance(self.discriminator_spec, nn.Module) and len(groups) > 1:
             raise ValueError(
@@ -427,6 +335,13 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             )
         fake_nodes = SiteNodes(OrderedDict((n, model_trace.nodes[n]) for n in names))
 
+        layout = PairLayout(
+            self.max_plate_nesting,
+            self._lead(),
+            self.num_particles > 1,
+            self.context_transform,
+            name,
+        )
         # global latents first: plate-local pairs also see them
         order = sorted(groups.values(), key=lambda g: g.is_local)
         globals_u = {"real": None, "fake": None}
@@ -435,8 +350,8 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
         for group in order:
             sides = {}
             for side, nodes in (("real", real_nodes), ("fake", fake_nodes)):
-                u = self._latents(group, nodes, guide_trace, model_trace, side == "real")
-                sides[side] = self._pairs(group, u, nodes, observed, globals_u[side])
+                u = pair_latents(group, nodes, guide_trace, model_trace, side == "real", layout)
+                sides[side] = pair_rows(group, u, nodes, observed, globals_u[side], layout)
             if not group.is_local:
                 for side in sides:
                     u = sides[side][1]
@@ -465,95 +380,15 @@ class Trace_ALI(TwoSampleGame, AdversarialObjective):
             )
             self._game_add(totals, real_logits, fake_logits, group_penalty, g_loss)
             if self.divergence.identifies_ratio and self._weights_wanted:
-                # v = log p(x, z) - log q(x, z) per pair; rows are particle-major
-                ratio = self.divergence.log_ratio(fake_logits.detach())
-                log_ratio = log_ratio + ratio.reshape(self._lead(), -1).sum(-1)
-                # for importance weights: the ratio only where the discriminator has
-                # seen pairs, the range of its log-ratio on the simulated pairs; beyond
-                # it the network extrapolates, and a guide pair's weight is its guess
-                seen = self.divergence.log_ratio(real_logits.detach())
-                bounded = ratio.clamp(seen.min(), seen.max())
-                log_ratio_bounded = log_ratio_bounded + bounded.reshape(self._lead(), -1).sum(-1)
+                ratio, bounded = bounded_log_ratio(
+                    self.divergence, fake_logits, real_logits, self._lead()
+                )
+                log_ratio, log_ratio_bounded = log_ratio + ratio, log_ratio_bounded + bounded
         if not (self.divergence.identifies_ratio and self._weights_wanted):
             return self._game_result(totals)
         return self._game_result(totals)._replace(
             log_weights=log_ratio_bounded, log_weights_unbounded=log_ratio
         )
-
-    # ------------------------------------------------------------ diagnostics
-    #: :meth:`importance_log_weights` knows the weights up to a constant per data set
-    log_weights_up_to_constant = True
-    #: nats below which the estimated log-weights are not resolved (see
-    #: :func:`~pyro_adv.diagnostics.importance_diagnostics`)
-    LOG_WEIGHT_RESOLUTION = 1.0
-
-    def importance_log_weights(self, model, guide, *args, num_samples=1000, bounded=True, **kwargs):
-        r"""
-        Importance log-weights of ``num_samples`` joint draws from the guide for
-        the data in ``args``/``kwargs``, **up to an additive constant**, from the
-        trained discriminator. Nothing is trained.
-
-        The discriminator's logit estimates the log ratio of the two joints,
-
-        .. math::
-
-            v(x, z) \approx \log \frac{p(z)\, p(x \mid z)}{p_D(x)\, q(z \mid x)}
-            = \underbrace{\log p(x, z) - \log q(z \mid x)}_{\log w} - \log p_D(x),
-
-        so, summed over the pairs of one draw, :math:`\sum v = \log w - \log p_D(x)`
-        with a constant that depends on the data alone (:math:`p_D`, the training
-        data's distribution, has no known density). Self-normalized quantities, the
-        Pareto :math:`\hat k` and the effective sample size of PSIS (Yao et al.
-        2018), do not see the constant; evidence estimates would, so
-        :func:`~pyro_adv.diagnostics.diagnose_guide` leaves them out. The weights
-        are only as good as the discriminator, and only where it saw both
-        simulated and guide pairs during training (``x`` in the range of the
-        training data).
-
-        With ``bounded=True`` (default) each pair's log-ratio is clipped to the range
-        the discriminator produced on as many freshly simulated pairs: beyond it the
-        network extrapolates, and the weight of a guide pair there would be its
-        guess. ``diagnostic_stats["extrapolated_draws"]`` counts the draws with a
-        clipped pair. :attr:`LOG_WEIGHT_RESOLUTION` (nats) goes to
-        :func:`~pyro_adv.diagnostics.importance_diagnostics` as the resolution of
-        these estimated weights.
-
-        Example::
-
-            diag = diagnose_guide(exponential_model, amortized_guide(encoder),
-                                  torch.tensor([30.0]), objective=ali, num_samples=4000)
-            diag.khat, diag.ess
-
-        :param int num_samples: guide draws (vectorized particles).
-        :param bool bounded: clip the log-ratios to the range seen on simulated pairs.
-        :returns: a tensor of shape ``(num_samples,)``.
-        :raises RuntimeError: before the first training step (no discriminator yet).
-        :raises ValueError: for divergences whose critic does not estimate a log
-            density ratio (Wasserstein, total variation).
-        """
-        name = type(self).__name__
-        if not self.discriminators:
-            raise RuntimeError(
-                f"{name}.importance_log_weights: the discriminator has not been trained; "
-                "run svi.step(...) first"
-            )
-        if not self.divergence.identifies_ratio:
-            raise ValueError(
-                f"{name}.importance_log_weights: the {self.divergence.name} critic does not "
-                "estimate a log density ratio; train with an f-divergence (e.g. the default "
-                "'reverse_kl') to get importance weights"
-            )
-        if int(num_samples) != num_samples or num_samples < 2:
-            raise ValueError(f"{name}: num_samples must be an integer >= 2, got {num_samples}")
-        result = self._evaluate(model, guide, args, kwargs, num_samples)
-        #: statistics of the latest diagnostic evaluation (not of a training step)
-        self.diagnostic_stats = dict(
-            result.stats,
-            # a draw with a clipped pair has a different sum
-            extrapolated_draws=int((result.log_weights != result.log_weights_unbounded).sum()),
-            log_weight_resolution=self.LOG_WEIGHT_RESOLUTION,
-        )
-        return result.log_weights if bounded else result.log_weights_unbounded
 
 
 def _is_global(site):

@@ -1,52 +1,33 @@
 r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2)."""
 
-import math
-from typing import NamedTuple
-
 import pyro.poutine as poutine
 import torch
-from torch.func import functional_call
 
 from pyro_adv.distributions.implicit import is_implicit
-from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses, check_positive_int
+from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses
 from pyro_adv.infer.autoguide import AutoImplicit
-from pyro_adv.infer.contrast import conditional_gaussian
+from pyro_adv.infer.checks import check_positive_int
+from pyro_adv.infer.contrast import AdaptiveContrast
 from pyro_adv.infer.divergences import Minimax
+from pyro_adv.infer.importance import RefitImportanceWeights, log_weight_resolution
 from pyro_adv.infer.particles import ParticleTraces
 from pyro_adv.infer.stats import MeanOf, StepStats
 from pyro_adv.infer.util import (
     check_latents,
     context_features,
     group_implicit_sites,
+    group_value,
     join_features,
-    latent_features,
     particle_sum,
-    per_particle_features,
     upstream_sites,
+    upstream_value,
 )
 from pyro_adv.nn.discriminators import Discriminator, PairDiscriminator
 
 __all__ = ["TraceAVB_ELBO"]
 
-_LOG_2PI = math.log(2 * math.pi)
 
-#: diagnosis-time refit (see :meth:`TraceAVB_ELBO.importance_log_weights`): the
-#: discriminators of the ensemble, Adam steps and learning rate of each, guide draws
-#: per member and per diagnosed draw, minibatch rows per side, and the bound on rows
-#: (draws x contexts) held in a member's pool
-REFIT_MEMBERS = 2
-REFIT_STEPS = 200
-REFIT_LR = 1e-2
-REFIT_DRAWS_PER_SAMPLE = 2
-REFIT_MIN_DRAWS = 1024
-REFIT_BATCH_ROWS = 2048
-REFIT_MAX_POOL_ROWS = 2**19
-#: nats: below this, differences between the largest estimated log-weights are not
-#: resolved (see :func:`log_weight_resolution` and the diagnostics guide)
-LOG_WEIGHT_RESOLUTION = 1.0
-
-
-class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
+class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, AdversarialObjective):
     r"""
     The evidence lower bound for guides with *implicit* sites, whose density is
     estimated by a discriminator: Adversarial Variational Bayes (Mescheder,
@@ -77,6 +58,14 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
     underestimates how peaked :math:`q` is (the thesis's x = 30 ring came out 45%
     too thin that way). Plain AVB (``adaptive_contrast=False``: :math:`r` = the
     prior, the discriminator sees :math:`z` against prior draws) under-disperses.
+
+    **Mixture-aware contrast** (automatic for an
+    :class:`~pyro_adv.infer.autoguide.AutoImplicit` with ``num_components > 1``, or
+    ``contrast_components=K``): one Gaussian spanning separated modes leaves a ratio
+    too steep for the discriminator, which then under-states how peaked each mode is
+    and AVB makes the modes too narrow. For global groups :math:`r` is then a
+    :math:`K`-component Gaussian mixture fitted to the guide's draws by a few
+    warm-started EM steps (:class:`~pyro_adv.infer.contrast.GaussianMixtureReference`).
 
     **Where the discriminator looks.** The guide's density factorizes along its
     plates, :math:`q(g)\prod_i q(z_i \mid g, x_i)`: a :class:`~pyro.plate`
@@ -136,12 +125,17 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         discriminator, with as many :math:`N(0, I)` draws.
     :param tuple discriminator_hidden_dims: hidden widths of the default discriminators.
     :param discriminator_activation: their hidden activation.
-    :param callable discriminator: optional factory ``key -> nn.Module``; a module
-        called as ``T(z)`` for global groups and ``T(x, z)`` for local groups.
+    :param discriminator: optional factory ``key -> nn.Module`` (or one module, for
+        a guide with one group); called as ``T(z)`` for global groups and ``T(x, z)``
+        for local groups.
     :param int max_plate_nesting: bound on nested plates (guessed if omitted).
     :param int discriminator_steps: discriminator updates per step (default 1).
     :param pyro.optim.PyroOptim discriminator_optim: optimizer of extra updates.
     :param str discriminator_prefix: param-store prefix of the discriminators.
+    :param int contrast_components: components of the reference of global groups
+        (``None``: the guide's ``num_components`` for an ``AutoImplicit``, else 1, one
+        Gaussian). Groups with upstream latents or a context keep the conditional
+        Gaussian.
     :param float ema_decay: largest decay of the weight averages the sampling
         networks use after training (:mod:`pyro_adv.nn.averaging`, e.g. ``0.999``);
         ``None`` (the default for AVB): off. AVB's guide descends a likelihood-based
@@ -150,8 +144,6 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         on the exponential model's ring (its centre drifted further from 0).
     """
 
-    #: steps of the diagnosis-time refit while one runs (see importance_log_weights)
-    _refit = None
     #: the two sides of the discriminator's game: ``p`` the target side, ``q`` the guide side
     sides = {"p": "reference draws", "q": "guide draws"}
     #: :func:`~pyro_adv.optim.default_optimizer`'s settings: Adam at 5e-3 for the guide
@@ -172,6 +164,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         discriminator_optim=None,
         discriminator_prefix="discriminator",
         ema_decay=None,
+        contrast_components=None,
     ):
         if adaptive_contrast not in (True, False, "full", "diagonal"):
             raise ValueError(
@@ -197,17 +190,21 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         self.discriminator_particles = discriminator_particles
         self.discriminator_hidden_dims = tuple(discriminator_hidden_dims)
         self.discriminator_activation = discriminator_activation
-        self.discriminator_factory = discriminator
+        self.discriminator_spec = discriminator
+        if contrast_components is not None:
+            contrast_components = check_positive_int(
+                contrast_components, "contrast_components", "TraceAVB_ELBO"
+            )
+        self.contrast_components = contrast_components
+        self._mixture_references = {}
         self.divergence = Minimax()  # logistic regression: the logit estimates log q / r
         if self.num_particles == 1 and self.max_plate_nesting != float("inf"):
             self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
         self.validate_options()
 
-    def _make_discriminator(self, key, paired):
-        if self.discriminator_factory is not None:
-            return lambda: self.discriminator_factory(key)
-        cls = PairDiscriminator if paired else Discriminator
-        return lambda: cls(self.discriminator_hidden_dims, self.discriminator_activation)
+    def _reset(self):
+        super()._reset()
+        self._mixture_references = {}  # fitted to the previous guide's draws
 
     def _losses(self, model, guide, args, kwargs):
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
@@ -252,12 +249,12 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         reference_trace = None
         for group in groups.values():
             upstream = upstream_sites(guide_trace, group, latents)
-            u, ladj = self._group_value(group, guide_trace, model_trace)
-            up = self._upstream_value(group, upstream, guide_trace, model_trace)
+            u, ladj = group_value(group, guide_trace, model_trace, nesting)
+            up = upstream_value(group, upstream, guide_trace, model_trace, nesting)
             context = context_features(model_trace, group, nesting, 0)
             if self.adaptive_contrast:
                 num_draws = self.moment_particles + self._positive_draws(context, up, u)
-                if not upstream and _draws_whole_group(guide, group):
+                if not upstream and isinstance(guide, AutoImplicit) and guide.draws_group(group):
                     # AutoImplicit: the same draws from its sampler, without a traced run
                     with torch.no_grad():
                         draws = guide.draw_unconstrained(num_draws, *args, **kwargs)
@@ -267,15 +264,19 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
                         reference_trace = self._guide_draws(
                             guide, num_draws, args, kwargs, guide_trace
                         )
-                    ref_u, _ = self._group_value(group, reference_trace, model_trace)
-                    ref_up = self._upstream_value(group, upstream, reference_trace, model_trace)
-                terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
+                    ref_u, _ = group_value(group, reference_trace, model_trace, nesting)
+                    ref_up = upstream_value(group, upstream, reference_trace, model_trace, nesting)
+                components = self._reference_components(guide, up, context, ref_u)
+                if components > 1:
+                    terms = self._mixture_terms(group, u, ref_u, components)
+                else:
+                    terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:
                 with torch.no_grad(), poutine.block():
                     prior_trace = self._run_model(
                         model, guide_trace, args, kwargs, resample=set(group.names)
                     )
-                prior_u, _ = self._group_value(group, prior_trace, prior_trace)
+                prior_u, _ = group_value(group, prior_trace, prior_trace, nesting)
                 terms = self._plain_terms(group, u, up, context, prior_u)
             scale = guide_trace.nodes[group.names[0]]["scale"]
             for bounded, log_q in enumerate((terms.log_q, terms.log_q_bounded)):
@@ -347,65 +348,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             log_weights_unbounded=elbo_particles.detach(),
         )
 
-    # ---------------------------------------------------------------- features
-    def _group_value(self, group, guide_trace, model_trace):
-        """
-        The group's unconstrained value in the padded layout (particles on dim 0,
-        one feature dim) and ``log |dz/du|`` in the same batch layout without the
-        feature dim. A joint group is one flat vector per particle: each site
-        flattened over its own plates, never copied across another site's plates.
-        """
-        nesting = self.max_plate_nesting
-        parts, ladjs = latent_features(group.names, guide_trace, model_trace, nesting)
-        ladj = 0.0
-        for site_name, site_ladj in zip(group.names, ladjs):
-            if site_ladj is None:  # an identity bijection (a real-valued latent): zero
-                continue
-            site_ladj = site_ladj * guide_trace.nodes[site_name]["scale"]
-            ladj = ladj + particle_sum(site_ladj, nesting, 0)
-        if group.joint is not None:
-            return per_particle_features(parts), ladj
-        return join_features(*parts), ladj
-
-    def _upstream_value(self, group, upstream, guide_trace, model_trace):
-        """The upstream latents' unconstrained values laid out like the group's value."""
-        if not upstream:
-            return None
-        parts, _ = latent_features(upstream, guide_trace, model_trace, self.max_plate_nesting)
-        if group.joint is not None:
-            return per_particle_features(parts)
-        return join_features(*parts)
-
     # ------------------------------------------------------------ the two games
-    def _contrast_terms(self, group, u, up, context, ref_u, ref_up):
-        """
-        Adaptive contrast for one group: the estimate of ``log q_u`` per particle
-        and context, the discriminator loss and its accuracies.
-
-        ``r`` is the Gaussian of the guide's own moments, *conditioned on the
-        upstream latents* when there are any: from the joint mean and covariance of
-        (upstream, group) over the reference draws, ``r(u | up) = N(mu_u + A (up -
-        mu_up), S)`` with ``A = C_{u,up} C_{up,up}^{-1}`` and ``S`` the Schur
-        complement. Any fixed conditional ``r`` leaves the AVB identity exact; this
-        one makes the ratio left to the discriminator close to one. r comes from
-        some draws, the discriminator's positives from others, so the discriminator
-        is trained on the distribution it scores.
-        """
-        m = self.moment_particles
-        up_draws = None if up is None else ref_up[:m]
-        whiten, log_det = conditional_gaussian(ref_u[:m], up_draws, self.adaptive_contrast)
-        real_up = None if up is None else ref_up[m:]
-        real = whiten(ref_u[m:], real_up)
-        fake = torch.randn_like(real)
-        z = whiten(u, up)
-        log_r = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(-1) - log_det
-        terms = self._discriminate(
-            group, z, join_features(context, up), real, fake, join_features(context, real_up)
-        )
-        return terms._replace(
-            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
-        )
-
     def _plain_terms(self, group, u, up, context, prior_u):
         """
         Plain AVB for one group: the discriminator tells guide draws from draws of
@@ -415,7 +358,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         ctx = join_features(context, up)
         return self._discriminate(group, u, ctx, u.detach(), prior_u, ctx)
 
-    def _discriminate(self, group, z, ctx, real, fake, real_ctx):
+    def _discriminate(self, group, z, ctx, real, fake, real_ctx, draw_reference=None):
         """
         Trains the group's discriminator on ``real`` (guide, the q side) against
         ``fake`` (reference, the p side) draws, both seen with ``real_ctx``, and
@@ -425,7 +368,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         diagnosis with refitting (:meth:`importance_log_weights`) the logit is
         instead the average of an ensemble refit on ``real``/``fake``.
         """
-        make = self._make_discriminator(group.key, ctx is not None)
+        make = self.spec_factory(group.key, Discriminator if ctx is None else PairDiscriminator)
         if ctx is None:
             disc = self.discriminator(group.key, real, make)
             real_in, fake_in, z_in = (real.detach(),), (fake,), (z,)
@@ -438,7 +381,7 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
             z_in = (_expand(ctx, z), z)
         refit = self._refit if self._refit is not None and self.adaptive_contrast else None
         if refit is not None:
-            return self._refit_terms(disc, real_in, fake_in, z_in, refit)
+            return self._refit_terms(disc, real_in, fake_in, z_in, refit, draw_reference)
         real_logits = disc(*real_in)
         fake_logits = disc(*fake_in)
         t = self.frozen(disc)(*z_in)
@@ -448,204 +391,11 @@ class TraceAVB_ELBO(ParticleTraces, AdversarialObjective):
         seen = torch.cat([real_logits, fake_logits]).detach()
         return self._bounded_terms(t, seen, d_loss, accs)
 
-    def _bounded_terms(self, t, seen, d_loss, accs, disagreement=None):
-        """The group's terms with ``t`` bounded to the range of the logits ``seen``."""
-        low, high = seen.min(0, keepdim=True).values, seen.max(0, keepdim=True).values
-        t_detached = t.detach()
-        bounded = torch.maximum(torch.minimum(t_detached, high), low)
-        clipped = bounded != t_detached
-        # tensors until the statistics are read (no device read a step)
-        outside = clipped.to(t_detached.dtype).mean()
-        draws = clipped.reshape(clipped.shape[0], -1).any(-1).sum()
-        return _GroupTerms(t, bounded, d_loss, accs, (outside, draws), disagreement)
-
-    def _positive_draws(self, context, up, u):
-        """
-        Guide draws that train the discriminator: ``discriminator_particles`` in
-        training; in a diagnosis with refitting, a pool for each member of the
-        ensemble, ``REFIT_DRAWS_PER_SAMPLE`` per diagnosed draw (at least
-        ``REFIT_MIN_DRAWS``), fewer where many contexts would exceed the memory bound.
-        (Fresh draws for every minibatch measured worse on the Gamma-Poisson case.)
-        """
-        if self._refit is None or not self.adaptive_contrast:
-            return self.discriminator_particles
-        contexts = 1
-        for part in (u, context, up):
-            if torch.is_tensor(part):
-                contexts = max(contexts, math.prod(part.shape[1:-1]))
-        per_member = max(REFIT_DRAWS_PER_SAMPLE * self.num_particles, REFIT_MIN_DRAWS)
-        per_member = max(min(per_member, REFIT_MAX_POOL_ROWS // contexts), 64)
-        return REFIT_MEMBERS * per_member
-
-    def _refit_terms(self, disc, real_in, fake_in, z_in, steps):
-        r"""
-        The diagnosis-time refit: ``REFIT_MEMBERS`` copies of the trained
-        discriminator, each trained for ``steps`` Adam steps (learning rate decaying
-        linearly to 0) on its own share of the fresh guide draws ``real_in`` against
-        as many reference draws, minibatched over draws. Their logits at ``z_in``
-        are averaged; the range they produced on their training draws is the
-        region where the weights are trusted (:meth:`_bounded_terms`).
-        """
-        members = REFIT_MEMBERS
-        pool = real_in[-1].shape[0] // members
-        last = real_in[-1]
-        fresh = torch.randn(
-            (members * pool,) + fake_in[-1].shape[1:], dtype=last.dtype, device=last.device
-        )
-        fake_in = fake_in[:-1] + (fresh,)
-        rows = max(1, math.prod(last.shape[1:-1]))
-        batch = max(1, min(pool, REFIT_BATCH_ROWS // rows))
-        logits, seen = [], []
-        for m in range(members):
-            share = slice(m * pool, (m + 1) * pool)
-            real = [_rows(x, share) for x in real_in]
-            fake = [_rows(x, share) for x in fake_in]
-            params = {
-                name: p.detach().clone().requires_grad_() for name, p in disc.named_parameters()
-            }
-            optim = torch.optim.Adam(params.values(), lr=REFIT_LR)
-
-            def call(inputs, params=params):
-                return functional_call(disc, params, tuple(inputs))
-
-            with torch.enable_grad():
-                for step in range(steps):
-                    for group in optim.param_groups:
-                        group["lr"] = REFIT_LR * (1 - step / steps)
-                    i = torch.randint(pool, (batch,), device=last.device)
-                    j = torch.randint(pool, (batch,), device=last.device)
-                    real_batch = [_rows(x, i) for x in real]
-                    fake_batch = [_rows(x, j) for x in fake]
-                    loss = self.divergence.discriminator_loss(call(real_batch), call(fake_batch))
-                    optim.zero_grad()
-                    loss.backward()
-                    optim.step()
-            with torch.no_grad():
-                real_logits, fake_logits = call(real), call(fake)
-                seen += [real_logits, fake_logits]
-                logits.append(call(z_in))
-        d_loss = self.divergence.discriminator_loss(real_logits, fake_logits)
-        accs = self.divergence.accuracy(real_logits, fake_logits)
-        t = torch.stack(logits).mean(0)
-        seen = torch.cat(seen)
-        low, high = seen.min(0, keepdim=True).values, seen.max(0, keepdim=True).values
-        bounded = [torch.maximum(torch.minimum(x, high), low) for x in logits]
-        # the uncertainty of log q per draw: the larger of the members' difference and
-        # the refit's change from the training discriminator (where they disagree, the
-        # weights cannot tell; measured: a good 2-D guide's refit weights spanned 1.6-2.3
-        # nats, the training discriminator's 0.15)
-        trained = self.frozen(disc)(*z_in).detach()
-        trained = torch.maximum(torch.minimum(trained, high), low)
-        members = bounded[0] - bounded[-1]
-        change = (bounded[0] + bounded[-1]) / 2 - trained
-        gap = torch.where(members.abs() > change.abs(), members, change)
-        return self._bounded_terms(t, seen, d_loss, accs, gap)
-
-    # ------------------------------------------------------------ diagnostics
-    def importance_log_weights(
-        self, model, guide, *args, num_samples=None, bounded=True, refit=True, **kwargs
-    ):
-        r"""
-        Estimated importance log-weights :math:`\log w = \log p(x, z) - \log q(z \mid x)`
-        of ``num_samples`` joint draws from the guide (``num_particles`` by default),
-        with the implicit :math:`\log q` supplied by a discriminator. Guide, model
-        and the trained discriminators are left as they are. These feed PSIS
-        diagnostics (Yao et al. 2018) and evidence estimates; they are only as good
-        as the discriminator.
-
-        **Refit** (``refit=True``, default, with adaptive contrast): the training
-        discriminator saw ``discriminator_particles`` draws a step and is noisy and
-        biased where the guide has little mass, exactly where the largest weights
-        sit; since :math:`\hat k` reads the *shape* of the largest weights, a good
-        guide's nearly constant weights then give false alarms (measured: see the
-        diagnostics guide). So for the diagnosis the trained discriminator is
-        copied twice and each copy is trained further, off the training path, on
-        its own fresh guide draws (``REFIT_DRAWS_PER_SAMPLE`` per diagnosed draw)
-        against as many reference draws, in minibatches of ``REFIT_BATCH_ROWS``, for
-        ``REFIT_STEPS`` Adam steps (``refit=<int>`` sets the steps); the weights
-        use the average of the two logits. ``refit=False`` uses the training
-        discriminator as it is.
-
-        With ``bounded=True`` (default) each logit is clipped to the range the
-        discriminator(s) produced on their own training draws (per context): beyond
-        it the network extrapolates, and a tail draw's weight would be its guess.
-        The explicit Gaussian :math:`\log r` of adaptive contrast still carries
-        the tails, so a guide that is too narrow still shows heavy weights.
-        ``diagnostic_stats["extrapolated_draws"]`` counts the draws that were
-        clipped (``"extrapolated_fraction"``: the fraction of logits).
-
-        :param int num_samples: guide draws (vectorized particles).
-        :param bool bounded: clip the logits to the range seen on training draws.
-        :param refit: refit the discriminators for the diagnosis (``True``: ``REFIT_STEPS``
-            steps; an ``int``: that many; ``False``: no refit). Plain AVB
-            (``adaptive_contrast=False``) is never refit.
-        :returns: a tensor of shape ``(num_samples,)``.
-        """
-        if refit is True:
-            refit = REFIT_STEPS
-        elif refit is not False:
-            refit = check_positive_int(refit, "refit", type(self).__name__)
-        self._refit = refit or None
-        try:
-            result = self._evaluate(model, guide, args, kwargs, num_samples)
-        finally:
-            self._refit = None
-        #: statistics of the latest diagnostic evaluation (not of a training step)
-        self.diagnostic_stats = dict(result.stats)
-        self.diagnostic_stats.setdefault("log_weight_resolution", LOG_WEIGHT_RESOLUTION)
-        return result.log_weights if bounded else result.log_weights_unbounded
-
-
-def log_weight_resolution(log_weights, disagreement=None, floor=LOG_WEIGHT_RESOLUTION):
-    r"""
-    How finely estimated log-weights resolve the largest weights, in nats: ``floor``
-    (the error measured at the largest weights of exact guides presented as
-    implicit), or more where the refit ensemble's members disagree, or the refit
-    moved ``log q`` from the training discriminator's, by more at the draws of the
-    PSIS tail (the largest :math:`\min(S/5, 3\sqrt S)` weights).
-    """
-    if not torch.is_tensor(disagreement) or disagreement.dim() == 0:
-        return float(floor)
-    log_weights = log_weights.reshape(-1)
-    tail = min(int(log_weights.numel() / 5), int(3 * math.sqrt(log_weights.numel())))
-    if tail < 1:
-        return float(floor)
-    top = log_weights.topk(tail).indices
-    return max(float(floor), disagreement.reshape(-1)[top].max().item())
-
-
-class _GroupTerms(NamedTuple):
-    """One group's share of the step: its ``log q`` estimate (or ``log q - log p``
-    for plain AVB) with gradient, the same bounded to the logits the discriminator
-    produced on its training draws (for importance weights), the discriminator
-    loss, its accuracies, and the fraction of particles whose logit was bounded."""
-
-    log_q: torch.Tensor
-    log_q_bounded: torch.Tensor
-    loss: torch.Tensor
-    accuracies: tuple
-    extrapolated: tuple  # (fraction of logits bounded, number of draws with one bounded)
-    disagreement: torch.Tensor = None  # refit members' logit difference, shaped like log_q
-
 
 def _expand(c, v):
     """The context ``c`` broadcast to the batch shape of ``v`` (feature dims kept)."""
     return c.expand(torch.broadcast_shapes(c.shape[:-1], v.shape[:-1]) + c.shape[-1:])
 
 
-def _rows(x, index):
-    """Draws ``index`` (a slice or index tensor on dim 0) of ``x``."""
-    return x[index]
-
-
 def _mean(x):
     return x.mean() if torch.is_tensor(x) else torch.as_tensor(x)
-
-
-def _draws_whole_group(guide, group):
-    """Whether ``guide`` is an AutoImplicit whose one joint draw is exactly ``group``."""
-    if not isinstance(guide, AutoImplicit) or group.joint is None:
-        return False
-    if group.joint != guide.joint_name or guide.prototype_trace is None:
-        return False
-    return group.names == [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]

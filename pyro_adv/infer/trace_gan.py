@@ -1,6 +1,5 @@
 r"""Generative adversarial training of Pyro models (thesis sections 3.1-3.3)."""
 
-import re
 import warnings
 from collections import OrderedDict
 
@@ -12,9 +11,10 @@ from torch import nn
 from pyro_adv.distributions.implicit import unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
 from pyro_adv.infer.checks import check_discriminator_spec, check_positive_int
+from pyro_adv.infer.data_rows import RowLayout, and_masks, cat_rows, row_mask, site_rows
 from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.two_sample import TwoSampleGame
-from pyro_adv.infer.util import depends_on_parameters, pad_batch, plate_frames
+from pyro_adv.infer.util import depends_on_parameters, module_key, plate_frames
 from pyro_adv.nn.discriminators import Discriminator
 
 __all__ = ["Trace_GAN"]
@@ -252,65 +252,11 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
             )
         return groups
 
-    # ---------------------------------------------------------------- layout
-    def _rows(self, site, value, site_name, outer, side):
-        """
-        ``value`` as ``(particles, plate elements, features)``: the outermost plate's
-        elements are the examples, everything inside them is flattened into features.
-        """
-        nesting = self.max_plate_nesting
-        particles = self.num_particles > 1
-        fn = site["fn"]
-        try:
-            value = pad_batch(value, fn.event_dim, nesting)
-        except ValueError:
-            raise ValueError(
-                f"{type(self).__name__}: {side} value of site '{site_name}' has shape "
-                f"{tuple(value.shape)}, with more batch dims than plates; declare every "
-                "batch dimension with pyro.plate (or move it into the event with .to_event)"
-            ) from None
-        if not particles:
-            value = value.unsqueeze(0)
-        batch_dims = value.dim() - fn.event_dim
-        plate_positions = {batch_dims + f.dim for f in plate_frames(site)}
-        for pos in range(1, batch_dims):
-            if value.shape[pos] > 1 and pos not in plate_positions:
-                raise ValueError(
-                    f"{type(self).__name__}: site '{site_name}' has a batch dimension of size "
-                    f"{value.shape[pos]} at dim {pos - batch_dims} that no pyro.plate declares "
-                    f"(value shape {tuple(value.shape[1:])}); wrap it in a plate or use .to_event"
-                )
-        value = value.reshape(value.shape[:batch_dims] + (-1,))
-        if outer is None:
-            return value.reshape(value.shape[0], 1, -1)
-        outer_pos = batch_dims + outer.dim
-        order = [0, outer_pos] + [d for d in range(1, batch_dims + 1) if d != outer_pos]
-        value = value.permute(order)
-        return value.reshape(value.shape[0], value.shape[1], -1)
-
-    def _row_mask(self, site, site_name, outer, rows):
-        mask = site["mask"]
-        if mask is None or mask is True:
-            return None
-        fn = site["fn"]
-        shape = fn.batch_shape
-        if mask is False:
-            mask = torch.zeros((), dtype=torch.bool, device=rows.device)
-        mask = mask.expand(shape).unsqueeze(-1)
-        # a mask is an extra one-feature site: an element is kept only if all of it is
-        keep = self._rows(
-            {"fn": _EventDim(1), "cond_indep_stack": site["cond_indep_stack"]},
-            mask,
-            site_name,
-            outer,
-            "mask",
-        )
-        return keep.all(-1).expand(rows.shape[:2])
-
     def _features(self, key, outer, names, real_trace, fake_trace, args, kwargs):
         name = type(self).__name__
         real_parts, fake_parts = [], []
         real_mask = fake_mask = None
+        layout = RowLayout(self.max_plate_nesting, self.num_particles > 1, name)
         for site_name in names:
             real_site, fake_site = real_trace.nodes[site_name], fake_trace.nodes[site_name]
             fn = real_site["fn"]
@@ -330,8 +276,8 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
                     f"{tuple(fn.event_shape)}){hint}"
                 )
             self._check_reparameterized(site_name, fake_site)
-            real = self._rows(real_site, value, site_name, outer, "observed")
-            fake = self._rows(fake_site, fake_site["value"], site_name, outer, "simulated")
+            real = site_rows(real_site, value, site_name, outer, "observed", layout)
+            fake = site_rows(fake_site, fake_site["value"], site_name, outer, "simulated", layout)
             if real.shape[1:] != fake.shape[1:]:
                 raise ValueError(
                     f"{name}: observed site '{site_name}': the data have shape "
@@ -346,8 +292,12 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
             real_parts.append(real)
             fake_parts.append(fake)
             if not deterministic:
-                real_mask = _and(real_mask, self._row_mask(real_site, site_name, outer, real))
-                fake_mask = _and(fake_mask, self._row_mask(fake_site, site_name, outer, fake))
+                real_mask = and_masks(
+                    real_mask, row_mask(real_site, site_name, outer, real, layout)
+                )
+                fake_mask = and_masks(
+                    fake_mask, row_mask(fake_site, site_name, outer, fake, layout)
+                )
         if self.condition is not None and outer is not None:
             cond = self._condition(key, real_parts[0], args, kwargs)
             real_parts.append(cond)
@@ -355,8 +305,8 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
         dtype = next(
             (p.dtype for p in fake_parts if p.is_floating_point()), torch.get_default_dtype()
         )
-        real = _cat([p.to(dtype) for p in real_parts])
-        fake = _cat([p.to(dtype) for p in fake_parts])
+        real = cat_rows([p.to(dtype) for p in real_parts])
+        fake = cat_rows([p.to(dtype) for p in fake_parts])
         real = real.reshape(-1, real.shape[-1]) if real_mask is None else real[real_mask]
         fake = fake.reshape(-1, fake.shape[-1]) if fake_mask is None else fake[fake_mask]
         if real.shape[0] == 0 or fake.shape[0] == 0:
@@ -401,16 +351,6 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
                 )
 
     # ----------------------------------------------------------------- players
-    def _factory(self, key):
-        spec = self.discriminator_spec
-        if spec is None:
-            return lambda: Discriminator(
-                self.discriminator_hidden_dims, self.discriminator_activation
-            )
-        if isinstance(spec, nn.Module):
-            return lambda: spec
-        return lambda: spec(key)
-
     def _losses(self, model, guide, args, kwargs):
         real_trace, fake_trace = self._traces(model, guide, args, kwargs)
         groups = self._groups(real_trace, fake_trace)
@@ -430,7 +370,7 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
                     "any parameter, so the generator gets no gradient"
                 )
             real = real.detach()
-            disc = self.discriminator(_module_key(key), real, self._factory(key))
+            disc = self.discriminator(module_key(key), real, self.spec_factory(key, Discriminator))
             real_logits = disc(real)
             fake_logits = disc(fake.detach())
             with torch.enable_grad():  # the gradient penalty differentiates the critic
@@ -438,28 +378,3 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
             g_loss = self.divergence.generator_loss(self.frozen(disc)(fake))
             self._game_add(totals, real_logits, fake_logits, group_penalty, g_loss)
         return self._game_result(totals)
-
-
-class _EventDim:
-    """Stands in for a site's distribution where only its event dim is read."""
-
-    def __init__(self, event_dim):
-        self.event_dim = event_dim
-
-
-def _and(a, b):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a & b
-
-
-def _cat(parts):
-    shape = torch.broadcast_shapes(*(p.shape[:2] for p in parts))
-    return torch.cat([p.expand(shape + p.shape[2:]) for p in parts], -1)
-
-
-def _module_key(key):
-    # torch module names cannot contain dots
-    return re.sub(r"\W", "_", key)

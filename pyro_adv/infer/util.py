@@ -29,6 +29,8 @@ from torch.distributions.transforms import (
 from pyro_adv.distributions.implicit import ImplicitValue, is_implicit, unwrap
 
 __all__ = [
+    "group_value",
+    "upstream_value",
     "DISCRIMINATOR_PREFIX",
     "PARTICLE_PLATE",
     "LatentGroup",
@@ -177,6 +179,37 @@ def per_particle_features(parts):
     """Padded parts flattened to one row per particle (dim 0) and concatenated."""
     rows = max(p.shape[0] for p in parts)
     return torch.cat([p.expand((rows,) + p.shape[1:]).reshape(rows, -1) for p in parts], -1)
+
+
+def group_value(group, guide_trace, model_trace, nesting):
+    """
+    A group's unconstrained value in the padded layout (particles on dim 0, one
+    feature dim) and ``log |dz/du|`` in the same batch layout without the feature dim
+    (scaled like the site, summed over plates). A joint group is one flat vector per
+    particle: each site flattened over its own plates, never copied across another
+    site's plates.
+    """
+    parts, ladjs = latent_features(group.names, guide_trace, model_trace, nesting)
+    ladj = 0.0
+    for site_name, site_ladj in zip(group.names, ladjs):
+        if site_ladj is None:  # an identity bijection (a real-valued latent): zero
+            continue
+        site_ladj = site_ladj * guide_trace.nodes[site_name]["scale"]
+        ladj = ladj + particle_sum(site_ladj, nesting, 0)
+    if group.joint is not None:
+        return per_particle_features(parts), ladj
+    return join_features(*parts), ladj
+
+
+def upstream_value(group, upstream, guide_trace, model_trace, nesting):
+    """The ``upstream`` latents' unconstrained values laid out like the group's value
+    (:func:`group_value`), or ``None`` when there are none."""
+    if not upstream:
+        return None
+    parts, _ = latent_features(upstream, guide_trace, model_trace, nesting)
+    if group.joint is not None:
+        return per_particle_features(parts)
+    return join_features(*parts)
 
 
 def module_key(key):

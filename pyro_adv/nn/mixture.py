@@ -109,7 +109,9 @@ class MixtureMLP(nn.Module):
         if num_components > 1:
             p = self.net.net[0].weight
             # antithetic pairs +-s v_j: the components start on opposite sides
-            half = torch.randn((num_components + 1) // 2, output_dim, dtype=p.dtype)
+            half = torch.randn(
+                (num_components + 1) // 2, output_dim, dtype=p.dtype, device=p.device
+            )
             offsets = torch.cat([half, -half])[:num_components] * spread
             self.offsets = nn.Parameter(offsets.to(p.device))
         else:

@@ -143,7 +143,7 @@ def _local_model(device, dtype, n=16):
     return model, guide, x
 
 
-def _avb_global(device, dtype, adaptive_contrast):
+def _avb_global(device, dtype, adaptive_contrast, num_components=1):
     x = torch.tensor([3.0, 7.0, 4.0, 6.0], device=device, dtype=dtype)
     rate_prior = (
         torch.tensor(2.0, device=device, dtype=dtype),
@@ -164,12 +164,17 @@ def _avb_global(device, dtype, adaptive_contrast):
         discriminator_hidden_dims=(8,),
         discriminator_steps=2,
     )
-    return model, AutoImplicit(model, hidden_dims=(8,)), objective, (x,), {}
+    guide = AutoImplicit(model, hidden_dims=(8,), num_components=num_components)
+    return model, guide, objective, (x,), {}
 
 
 def _problem(name, device, dtype):
     if name.startswith("avb_global"):
-        return _avb_global(device, dtype, adaptive_contrast=name.endswith("contrast"))
+        # a mixture guide brings mixture-aware contrast (a Gaussian-mixture reference)
+        mixture = name.endswith("mixture")
+        return _avb_global(
+            device, dtype, adaptive_contrast=name != "avb_global_plain", num_components=1 + mixture
+        )
     if name in ("avb_local", "ali", "ali_bank"):
         model, guide, x = _local_model(device, dtype)
         if name == "avb_local":
@@ -202,6 +207,7 @@ def _problem(name, device, dtype):
 
 PROBLEMS = [
     "avb_global_contrast",
+    "avb_global_mixture",
     "avb_global_plain",
     "avb_local",
     "ali",

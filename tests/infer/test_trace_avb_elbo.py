@@ -191,3 +191,20 @@ def test_subsampled_elbo_is_unbiased_for_the_full_batch():
     )
     assert abs(sub.mean() / full.mean() - 1) < 0.05, (sub.mean(), full.mean())
     assert elbo.stats["kl"] > 0
+
+
+def test_one_discriminator_module_is_the_one_trained():
+    # like Trace_ALI and Trace_GAN, a module given as discriminator= is used as it is
+    # (before, AVB called it with the group key and failed deep in torch)
+    from pyro_adv.nn import Discriminator
+
+    model = ConjugateGaussian()
+    _, x = model.simulate(5, torch.Generator().manual_seed(0))
+    module = Discriminator((16,))
+    elbo = TraceAVB_ELBO(discriminator=module)
+    svi = SVI(model.model, AutoImplicit(model.model), pyro.optim.Adam({"lr": 1e-2}), elbo)
+    svi.step(x)
+    assert list(elbo.discriminators.values()) == [module]
+    before = [p.detach().clone() for p in module.parameters()]
+    svi.step(x)
+    assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))

@@ -182,6 +182,18 @@ class AutoImplicit(AutoContinuous):
         """The ``joint`` of this guide's :class:`~pyro_adv.distributions.ImplicitValue` sites."""
         return self._pyro_name or "AutoImplicit"
 
+    def draws_group(self, group):
+        """
+        Whether one joint draw of this guide is exactly the latents of ``group`` (a
+        group of implicit sites, as :func:`~pyro_adv.infer.util.group_implicit_sites`
+        forms them), so that :meth:`draw_unconstrained` can stand in for traced runs.
+        """
+        if group.joint is None or group.joint != self.joint_name:
+            return False
+        if self.prototype_trace is None:
+            return False
+        return group.names == [name for name, _ in self.prototype_trace.iter_stochastic_nodes()]
+
     def draw_unconstrained(self, num_draws, *args, **kwargs):
         """
         ``num_draws`` joint draws of the packed unconstrained latent vector, shape

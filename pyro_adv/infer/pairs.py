@@ -1,0 +1,149 @@
+r"""
+The rows :math:`(x, z)` that :class:`~pyro_adv.infer.Trace_ALI`'s discriminators see,
+and the checks of what ALI pairs.
+
+ALI (Dumoulin et al. 2016) compares two joint distributions of observations and
+latents: :math:`p(z)\, p(x \mid z)` (the model run forward) and :math:`p_D(x)\, q(z
+\mid x)` (the data with the guide's latents). One group of latents gives one
+discriminator, and each of its rows is one pair:
+
+* a **global** group (latents outside every plate) pairs one draw of the latents with
+  *all* observed values flattened, one row per particle;
+* a **plate-local** group pairs each plate element's latents with the observed values
+  of the same element (and the global latents drawn with them), one row per element
+  and particle.
+"""
+
+import warnings
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from pyro.poutine.util import site_is_factor, site_is_subsample
+
+from pyro_adv.distributions.implicit import unwrap
+from pyro_adv.infer.util import (
+    context_features,
+    depends_on_parameters,
+    flat_features,
+    join_features,
+    latent_features,
+)
+
+__all__ = [
+    "PairLayout",
+    "check_pathwise_guide",
+    "observed_sites",
+    "pair_latents",
+    "pair_rows",
+]
+
+
+class PairLayout(NamedTuple):
+    """How one evaluation lays out its pairs."""
+
+    #: Pyro's bound on plate nesting (the particle plate included)
+    nesting: int
+    #: particles (draws) per evaluation, at least 1
+    lead: int
+    #: whether particles are vectorized under a leftmost plate
+    particles: bool
+    #: the objective's ``context_transform`` of observed features (or ``None``)
+    context_transform: Optional[Callable]
+    #: the objective's name, for error messages
+    owner: str
+
+
+def observed_sites(model_trace, owner):
+    """
+    The names of the observed sites ALI pairs with latents (subsample and factor
+    sites left out: a factor is warned about, since ALI scores no density).
+
+    :raises ValueError: when the model observes nothing.
+    """
+    observed, factors = [], []
+    for site_name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
+            continue
+        if site_is_factor(site):
+            factors.append(site_name)
+            continue
+        observed.append(site_name)
+    if factors:
+        warnings.warn(
+            f"{owner} ignores pyro.factor statements {factors}: it compares simulated "
+            "and observed pairs and scores no density"
+        )
+    if not observed:
+        raise ValueError(
+            f"{owner}: the model has no observed site. Trace_ALI pairs observed values "
+            "with latents: pass the data to the model (svi.step(data)) and observe it "
+            "with pyro.sample(name, fn, obs=data)."
+        )
+    return observed
+
+
+def check_pathwise_guide(guide_trace, latents, owner):
+    """Refuses a guide site with trained parameters and no ``rsample``: ALI trains the
+    guide through its samples."""
+    for site_name in latents:
+        fn = guide_trace.nodes[site_name]["fn"]
+        if not getattr(fn, "has_rsample", False) and depends_on_parameters(fn):
+            raise ValueError(
+                f"{owner}: guide site '{site_name}' ({type(unwrap(fn)[0]).__name__}) is not "
+                "reparameterizable; Trace_ALI trains the guide through its samples "
+                "(pathwise gradients)."
+            )
+
+
+def pair_latents(group, nodes, guide_trace, model_trace, simulated, layout):
+    """
+    The group's unconstrained latents in the padded layout (one row per particle for a
+    global group): from the simulation ``nodes`` when ``simulated``, else the guide's.
+    """
+    if simulated:  # simulated values, on the supports of the simulated sites
+        parts, _ = latent_features(group.names, nodes, nodes, layout.nesting)
+    else:
+        parts, _ = latent_features(group.names, guide_trace, model_trace, layout.nesting)
+    u = join_features(*parts)
+    if not group.is_local:
+        u = u.reshape(layout.lead, -1)
+    return u
+
+
+def all_observed(nodes, observed, dtype, layout):
+    """All observed values flattened, one row per particle."""
+    lead, parts = layout.lead, []
+    for site_name in observed:
+        site = nodes.nodes[site_name]
+        value = flat_features(site["value"], site["fn"].event_dim, layout.nesting)
+        first = value.shape[0] if lead > 1 else 1
+        parts.append(value.reshape(first, -1).to(dtype).expand(lead, -1))
+    return torch.cat(parts, -1)
+
+
+def pair_rows(group, u, nodes, observed, globals_u, layout):
+    """
+    The rows ``(x, z)`` of one group: observed features (with the global latents
+    ``globals_u`` for a plate-local group) and the latents ``u``.
+
+    :raises ValueError: for plate-local latents that no observed site shares a plate with.
+    """
+    nesting, transform = layout.nesting, layout.context_transform
+    if not group.is_local:
+        x = all_observed(nodes, observed, u.dtype, layout)
+        return (x if transform is None else transform(x)), u
+    context = context_features(nodes, group, nesting, 0 if layout.particles else None)
+    if context is None:
+        raise ValueError(
+            f"{layout.owner}: no observed site shares the plates "
+            f"{[f.name for f in group.frames]} of latents {group.names}; Trace_ALI pairs "
+            "plate-local latents with the observations of their plate element."
+        )
+    context = context.to(u.dtype)
+    parts = [context if transform is None else transform(context)]
+    if globals_u is not None:
+        shape = (globals_u.shape[0],) + (1,) * (nesting - 1) if nesting else ()
+        parts.append(globals_u.reshape(shape + globals_u.shape[-1:]))
+    x = join_features(*parts, u)
+    x = x.reshape(-1, x.shape[-1])
+    return x[:, : x.shape[-1] - u.shape[-1]], x[:, x.shape[-1] - u.shape[-1] :]
