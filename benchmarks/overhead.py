@@ -522,6 +522,8 @@ class _Phases:
         self._restore = []
 
     def wrap(self, owner, attr, phase, skip=None):
+        if isinstance(owner, type):  # the class that defines it (engines are mixins)
+            owner = next(c for c in owner.__mro__ if attr in c.__dict__)
         raw = owner.__dict__[attr]
         static = isinstance(raw, staticmethod)
         fn = raw.__func__ if static else raw
