@@ -436,6 +436,8 @@ def _engine_row(name, device, seed, blocks, per_block):
     for step in timed.values():
         step()
     ms, wall = _timed(timed, blocks, per_block, device)
+    # where the time goes (instrumented runs, after the timings they would disturb)
+    found = _breakdown(steps, 5, 1) if blocks < 10 else _breakdown(steps, 200, 5)
     return {
         "engine": problem.name,
         "task": problem.task,
@@ -457,6 +459,7 @@ def _engine_row(name, device, seed, blocks, per_block):
         "peak_memory_kib": {k: _peak_bytes(s, device) / 1024 for k, s in steps.items()},
         "blocks": blocks,
         "steps_per_block": per_block,
+        "breakdown_ms_per_step": found,
     }
 
 
@@ -615,12 +618,15 @@ def breakdown(name, device="cpu", seed=0, steps=200, repeats=5):
     (foreach Adam) and the hand-written step of engine ``name``; the least over
     ``repeats`` runs of ``steps`` steps for each phase (wall time).
     """
-    device = torch.device(device)
-    _, steps_, _ = _setup(ENGINES[name], device, seed)
+    _, loops, _ = _setup(ENGINES[name], torch.device(device), seed)
+    return _breakdown(loops, steps, repeats)
+
+
+def _breakdown(loops, steps, repeats):
     result = {"repeats": repeats, "steps": steps}
     for loop in ("svi_foreach", "manual"):
-        step = steps_[loop]
-        for _ in range(10):
+        step = loops[loop]
+        for _ in range(min(steps, 10)):
             step()
         best = {}
         for _ in range(repeats):
@@ -761,11 +767,8 @@ def run(quick=False, seed=0, outdir=None, device="cpu"):
     if not quick:
         scaling = _scaling_rows(device, seed, 7, 5)
     table = _markdown(rows, scaling, device, reference)
-    # where the time goes (instrumented runs, after the timings they would disturb)
     for name, row in zip(ENGINES, rows):
-        found = breakdown(name, device, seed, steps=5 if quick else 200, repeats=1 if quick else 5)
-        row["breakdown_ms_per_step"] = found
-        table += "\n" + _breakdown_markdown(name, found)
+        table += "\n" + _breakdown_markdown(name, row["breakdown_ms_per_step"])
     if outdir is not None and scaling:
         _plot(scaling, os.path.join(outdir, "overhead_scaling.png"), device)
         table += "\n![step time against problem size](overhead_scaling.png)\n"
