@@ -28,7 +28,9 @@ loaded machine; wall time on a GPU, synchronized) are reported, and the wall-clo
 medians too. ``SVI`` is timed with ``pyro.optim.Adam`` (one optimizer per
 parameter, Pyro's default) and with ``pyro_adv.optim.foreach_adam`` (one
 multi-tensor step), and both loops again with Pyro's validation off
-(``pyro.enable_validation(False)``, which Pyro suggests once a model works). Also
+(``pyro.enable_validation(False)``, which Pyro suggests once a model works) and with
+torch's fused Adam (``foreach_adam({"fused": True})`` against
+``torch.optim.Adam(fused=True)``). Also
 reported: device reads (``.item()``, ``bool()``, ``.tolist()``...) per step outside
 torch's optimizers, peak tensor memory of one step (the torch profiler's allocation
 events on the CPU, ``max_memory_allocated`` on a GPU), how the step time and peak
@@ -272,8 +274,9 @@ ENGINES = {"avb": AVB, "ali": ALI, "gan": GAN}
 
 
 # ------------------------------------------------------------------------ measures
-def _manual_step(losses, params):
-    optim = torch.optim.Adam(params, lr=LR)
+def _manual_step(losses, params, fused=False):
+    # torch's default Adam (a loop over the parameters on the CPU), or its fused kernel
+    optim = torch.optim.Adam(params, lr=LR, **({"fused": True} if fused else {}))
 
     def step():
         g_loss, d_loss = losses()
@@ -433,6 +436,14 @@ def _engine_row(name, device, seed, blocks, per_block):
     timed = dict(steps)
     timed["svi_foreach_novalidation"] = _without_validation(steps["svi_foreach"])
     timed["manual_novalidation"] = _without_validation(steps["manual"])
+    # both loops with torch's fused Adam (one kernel for all parameters)
+    pyro.set_rng_seed(seed)
+    fused = ENGINES[name](device, suffix="_fused")
+    fused_svi = fused.svi(foreach_adam({"lr": LR, "fused": True}))
+    fused_svi.step(*fused.args)
+    losses, ours, _ = problem.manual()
+    timed["svi_fused"] = lambda: fused_svi.step(*fused.args)
+    timed["manual_fused"] = _manual_step(losses, ours, fused=True)
     for step in timed.values():
         step()
     ms, wall = _timed(timed, blocks, per_block, device)
@@ -453,6 +464,8 @@ def _engine_row(name, device, seed, blocks, per_block):
             "manual": ms["manual_novalidation"],
         },
         "ratio_foreach_novalidation": ms["svi_foreach_novalidation"] / ms["manual_novalidation"],
+        "fused_adam_ms_per_step": {"svi": ms["svi_fused"], "manual": ms["manual_fused"]},
+        "ratio_fused": ms["svi_fused"] / ms["manual_fused"],
         "same_math_max_rel_diff_losses": loss_diff,
         "same_math_max_rel_diff_gradients": grad_diff,
         "device_reads_per_step": {k: _reads_per_step(s) for k, s in steps.items()},
@@ -712,8 +725,9 @@ def _markdown(rows, scaling, device, reference):
         f"| engine | task | SVI + pyro Adam ({unit}) | SVI + foreach Adam | hand-written "
         "| ratio (pyro Adam) | ratio (foreach) | same math: max rel. diff losses / grads "
         "| device reads / step (SVI / hand) | peak memory KiB (SVI / hand) "
-        "| ratio (foreach), Pyro validation off |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ratio (foreach), Pyro validation off | both with fused Adam: SVI / hand "
+        "(ratio) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reads, peak = r["device_reads_per_step"], r["peak_memory_kib"]
@@ -725,7 +739,9 @@ def _markdown(rows, scaling, device, reference):
             f"{r['same_math_max_rel_diff_gradients']:.1e} "
             f"| {reads['svi_foreach']:.0f} / {reads['manual']:.0f} "
             f"| {peak['svi_foreach']:.0f} / {peak['manual']:.0f} "
-            f"| {r['ratio_foreach_novalidation']:.2f} |"
+            f"| {r['ratio_foreach_novalidation']:.2f} "
+            f"| {r['fused_adam_ms_per_step']['svi']:.2f} / "
+            f"{r['fused_adam_ms_per_step']['manual']:.2f} ({r['ratio_fused']:.2f}) |"
         )
     lines += [
         "",
