@@ -183,8 +183,8 @@ def _bimodal(num_components, seed, budget, contrast_components=None):
 
 #: the bimodal runs: (guide components, contrast_components); (8, 1) is the mixture
 #: guide with one Gaussian as adaptive contrast's reference, as before mixture-aware
-#: contrast became automatic
-BIMODAL_RUNS = ((1, None), (2, None), (8, None), (8, 1))
+#: contrast became automatic; (8, 2) a reference with as many components as modes
+BIMODAL_RUNS = ((1, None), (2, None), (8, None), (8, 2), (8, 1))
 
 
 def _conjugate(num_components, seed, budget):

@@ -99,9 +99,11 @@ class GaussianMixtureReference:
     :param int num_components: :math:`K`.
     :param int iterations: EM iterations per :meth:`fit` after the first.
     :param int first_iterations: EM iterations of the first fit (from k-means++ seeds).
+    :param int context_iterations: EM iterations of a fit with several contexts (an
+        amortized guide's observations, new every step: never warm-started).
     """
 
-    def __init__(self, num_components, iterations=5, first_iterations=25):
+    def __init__(self, num_components, iterations=5, first_iterations=25, context_iterations=10):
         if isinstance(num_components, bool) or not isinstance(num_components, int):
             raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
         if num_components < 1:
@@ -109,94 +111,128 @@ class GaussianMixtureReference:
         self.num_components = num_components
         self.iterations = iterations
         self.first_iterations = first_iterations
-        #: ``(log_weights (K,), means (K, d), scale_tril (K, d, d))`` of the last fit
+        self.context_iterations = context_iterations
+        #: ``(log_weights (B, K), means (B, K, d), scale_tril (B, K, d, d))`` of the last
+        #: fit, one mixture per context ``B``
         self.params = None
+        self._batched = False
 
     def reset(self):
         """Forgets the fit: the next :meth:`fit` starts from k-means++ seeds."""
         self.params = None
 
     def _seeds(self, x):
-        # k-means++ (Arthur and Vassilvitskii 2007): spread-out starting means
-        n, K = x.shape[0], self.num_components
-        chosen = [int(torch.randint(n, (), device=x.device))]
-        for _ in range(K - 1):
-            d2 = torch.cdist(x, x[chosen]).pow(2).min(1).values
-            chosen.append(int(torch.multinomial(d2 + 1e-12 * d2.max().clamp_min(1e-30), 1)))
-        return x[chosen].clone()
+        # k-means++ (Arthur and Vassilvitskii 2007), per context: spread-out starting means
+        n, B, _ = x.shape
+        rows = torch.arange(B, device=x.device)
+        means = x[torch.randint(n, (B,), device=x.device), rows].unsqueeze(1)  # (B, 1, d)
+        for _ in range(self.num_components - 1):
+            d2 = (x.unsqueeze(2) - means).pow(2).sum(-1).min(-1).values  # (n, B)
+            d2 = d2.T + 1e-12 * d2.T.amax(-1, keepdim=True).clamp_min(1e-30)
+            pick = torch.multinomial(d2, 1).squeeze(-1)
+            means = torch.cat([means, x[pick, rows].unsqueeze(1)], 1)
+        return means
 
-    def fit(self, draws):
-        """Fits the mixture to ``draws`` of shape ``(n, d)`` (no gradient)."""
+    def fit(self, draws, warm=True):
+        """
+        Fits the mixture to ``draws`` of shape ``(n, d)``, or one mixture per context
+        to ``(n, B, d)`` (no gradient). ``warm``: start from the previous fit where it
+        has the same shape (the same guide a step later; not for new contexts).
+        """
         x = draws.detach()
-        n, d = x.shape
+        self._batched = x.dim() == 3
+        if not self._batched:
+            x = x.unsqueeze(1)
+        n, B, d = x.shape
         K = self.num_components
         full = n >= 4 * d * K and d > 1
-        floor = 1e-4 * x.var(0).clamp_min(1e-12)
+        floor = 1e-4 * x.var(0).clamp_min(1e-12).unsqueeze(1)  # (B, 1, d)
         params, iterations = self.params, self.iterations
-        if params is None or params[1].shape != (K, d) or params[1].dtype != x.dtype:
-            means = self._seeds(x)
-            var = x.var(0).clamp_min(1e-12)
+        shape = (B, K, d)
+        if not warm or params is None or params[1].shape != shape or params[1].dtype != x.dtype:
+            var = x.var(0).clamp_min(1e-12).unsqueeze(1).expand(shape)
             params = (
-                torch.full((K,), -math.log(K), dtype=x.dtype, device=x.device),
-                means,
-                torch.diag_embed(var.sqrt().expand(K, d)).clone(),
+                torch.full((B, K), -math.log(K), dtype=x.dtype, device=x.device),
+                self._seeds(x),
+                torch.diag_embed(var.sqrt()),
             )
-            iterations = self.first_iterations
+            # a fresh fit: long for one mixture (once), shorter per context (every step)
+            iterations = self.first_iterations if B == 1 else self.context_iterations
+        xt = x.transpose(0, 1)  # (B, n, d): batched matrix products over contexts
         for _ in range(iterations):
-            log_p = self._component_log_probs(x, *params)  # (n, K)
-            resp = (log_p - log_p.logsumexp(-1, keepdim=True)).exp()
-            nk = resp.sum(0) + 1e-10
-            means = (resp.T @ x) / nk[:, None]
-            centred = x.unsqueeze(1) - means  # (n, K, d)
+            log_p = self._component_log_probs(x, *params)  # (n, B, K)
+            resp = (log_p - log_p.logsumexp(-1, keepdim=True)).exp().permute(1, 2, 0)
+            nk = resp.sum(-1) + 1e-10  # (B, K)
+            means = (resp @ xt) / nk.unsqueeze(-1)  # (B, K, d)
             if full:
-                cov = torch.einsum("nk,nki,nkj->kij", resp, centred, centred) / nk[:, None, None]
-                cov = cov + torch.diag_embed(floor.expand(K, d))
+                centred = xt.unsqueeze(1) - means.unsqueeze(2)  # (B, K, n, d)
+                cov = (resp.unsqueeze(-1) * centred).transpose(-1, -2) @ centred
+                cov = cov / nk[..., None, None] + torch.diag_embed(floor.expand(shape))
                 tril = torch.linalg.cholesky(cov)
             else:
-                var = (resp.unsqueeze(-1) * centred.pow(2)).sum(0) / nk[:, None] + floor
-                tril = torch.diag_embed(var.sqrt())
+                var = (resp @ xt.pow(2)) / nk.unsqueeze(-1) - means.pow(2)
+                tril = torch.diag_embed((var.clamp_min(0.0) + floor).sqrt())
             params = ((nk / n).log(), means, tril)
         self.params = params
         return self
 
     @staticmethod
     def _component_log_probs(x, log_w, means, tril):
-        centred = (x.unsqueeze(-2) - means).unsqueeze(-1)  # (..., K, d, 1)
-        tri = tril.expand(centred.shape[:-1] + tril.shape[-1:])
-        white = torch.linalg.solve_triangular(tri, centred, upper=False).squeeze(-1)
-        log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        centred = x.unsqueeze(-2) - means  # (..., B, K, d)
+        std = tril.diagonal(dim1=-2, dim2=-1)
+        if tril.shape[-1] == 1 or not tril.tril(-1).any():
+            white = centred / std  # diagonal covariances
+        else:
+            # an explicit inverse of each small Cholesky factor: one batched matmul
+            # instead of a triangular solve per draw and component
+            eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
+            inverse = torch.linalg.solve_triangular(tril, eye.expand_as(tril), upper=False)
+            white = (inverse @ centred.unsqueeze(-1)).squeeze(-1)
         d = means.shape[-1]
-        return log_w - 0.5 * white.pow(2).sum(-1) - log_det - 0.5 * d * _LOG_2PI
+        return log_w - 0.5 * white.pow(2).sum(-1) - std.log().sum(-1) - 0.5 * d * _LOG_2PI
 
     def log_prob(self, u):
-        r""":math:`\log r(u)` for ``u`` of shape ``(..., d)`` (differentiable in ``u``)."""
-        return self._component_log_probs(u, *self.params).logsumexp(-1)
+        r"""
+        :math:`\log r(u)` (differentiable in ``u``): ``u`` of shape ``(..., d)`` for a
+        mixture fitted to ``(n, d)``, ``(..., B, d)`` for one per context.
+        """
+        if not self._batched:
+            u = u.unsqueeze(-2)
+        log_r = self._component_log_probs(u, *self.params).logsumexp(-1)
+        return log_r if self._batched else log_r.squeeze(-1)
 
     def sample(self, num_draws):
-        """``num_draws`` draws of :math:`r`, shape ``(num_draws, d)``."""
+        """``num_draws`` draws of :math:`r`: shape ``(num_draws, d)``, or
+        ``(num_draws, B, d)`` for one mixture per context."""
         log_w, means, tril = self.params
-        k = torch.multinomial(log_w.exp(), num_draws, replacement=True)
-        eps = torch.randn(num_draws, means.shape[-1], 1, dtype=means.dtype, device=means.device)
-        return means[k] + (tril[k] @ eps).squeeze(-1)
+        B = means.shape[0]
+        k = torch.multinomial(log_w.exp(), num_draws, replacement=True).T  # (n, B)
+        rows = torch.arange(B, device=means.device)
+        eps = torch.randn(
+            (num_draws, B, means.shape[-1], 1), dtype=means.dtype, device=means.device
+        )
+        draws = means[rows, k] + (tril[rows, k] @ eps).squeeze(-1)
+        return draws if self._batched else draws.squeeze(1)
 
 
 def mixture_contrast(reference, u, ref_u, num_moment_draws):
     r"""
-    Mixture-aware adaptive contrast for a global group: fits ``reference`` (a
-    :class:`GaussianMixtureReference`) to the first ``num_moment_draws`` guide draws
-    ``ref_u`` and returns what the discriminator sees, standardized by those draws'
-    mean and sd: the gradient particles ``u``, the guide draws left (its positives),
-    as many reference draws, a function drawing more of them, and :math:`\log r(u)`.
-    ``u`` and ``ref_u`` are in the padded layout (draws on dim 0, features last, the
-    dims between of size 1); everything returned keeps it (``log r`` without the
-    feature dim).
+    Mixture-aware adaptive contrast: fits ``reference`` (a
+    :class:`GaussianMixtureReference`), one mixture per context, to the first
+    ``num_moment_draws`` guide draws ``ref_u`` and returns what the discriminator
+    sees, standardized by those draws' mean and sd per context: the gradient
+    particles ``u``, the guide draws left (its positives), as many reference draws, a
+    function drawing more of them, and :math:`\log r(u)`. ``u`` and ``ref_u`` are in
+    the padded layout (draws on dim 0, features last, contexts between); everything
+    returned keeps it (``log r`` without the feature dim). One context (a global
+    group) is warm-started from the previous step's fit; new contexts are not.
 
     :returns: ``(z, real, fake, draw_reference, log_r)``.
     """
-    m, layout = num_moment_draws, ref_u.shape[1:]
-    flat = ref_u.reshape(ref_u.shape[0], -1)
+    m, layout, d = num_moment_draws, ref_u.shape[1:], ref_u.shape[-1]
+    flat = ref_u.reshape(ref_u.shape[0], -1, d)  # (draws, contexts, d)
     with torch.no_grad():
-        reference.fit(flat[:m])
+        reference.fit(flat[:m], warm=flat.shape[1] == 1)
         loc = flat[:m].mean(0)
         scale = flat[:m].std(0).clamp_min(1e-12)
 
@@ -204,7 +240,7 @@ def mixture_contrast(reference, u, ref_u, num_moment_draws):
         with torch.no_grad():
             return ((reference.sample(num_draws) - loc) / scale).reshape((-1,) + layout)
 
-    u_flat = u.reshape(u.shape[0], -1)
+    u_flat = u.reshape(u.shape[0], -1, d)
     real = ((flat[m:] - loc) / scale).reshape((-1,) + layout)
     z = ((u_flat - loc) / scale).reshape(u.shape)
     log_r = reference.log_prob(u_flat).reshape(u.shape[:-1])
@@ -254,17 +290,18 @@ class AdaptiveContrast:
         """
         Components of the group's reference: ``contrast_components``, else the
         guide's (an :class:`~pyro_adv.infer.autoguide.AutoImplicit` mixture); 1 (one
-        Gaussian) for groups with upstream latents or a context, whose reference is
-        conditional.
+        Gaussian) for groups with upstream latents, whose Gaussian reference is
+        conditional on them.
         """
-        if up is not None or context is not None or math.prod(ref_u.shape[1:-1]) > 1:
+        if up is not None:
             return 1
         if self.contrast_components is not None:
             return self.contrast_components
-        # an AutoImplicit mixture of networks (num_components > 1) draws the whole group
+        # a mixture of networks: AutoImplicit(num_components=K), or an amortized_guide
+        # of an ImplicitEncoder(num_components=K)
         return getattr(guide, "num_components", 1)
 
-    def _mixture_terms(self, group, u, ref_u, components):
+    def _mixture_terms(self, group, u, context, ref_u, components):
         """Mixture-aware adaptive contrast: a Gaussian-mixture reference (see
         :class:`~pyro_adv.infer.contrast.GaussianMixtureReference`), warm-started."""
         reference = self._mixture_references.get(group.key)
@@ -272,7 +309,7 @@ class AdaptiveContrast:
             reference = GaussianMixtureReference(components)
             self._mixture_references[group.key] = reference
         z, real, fake, draw, log_r = mixture_contrast(reference, u, ref_u, self.moment_particles)
-        terms = self._discriminate(group, z, None, real, fake, None, draw)
+        terms = self._discriminate(group, z, context, real, fake, context, draw)
         return terms._replace(
             log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
         )

@@ -268,7 +268,7 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
                     ref_up = upstream_value(group, upstream, reference_trace, model_trace, nesting)
                 components = self._reference_components(guide, up, context, ref_u)
                 if components > 1:
-                    terms = self._mixture_terms(group, u, ref_u, components)
+                    terms = self._mixture_terms(group, u, context, ref_u, components)
                 else:
                     terms = self._contrast_terms(group, u, up, context, ref_u, ref_up)
             else:

@@ -21,7 +21,7 @@ def test_em_recovers_a_known_mixture():
     reference = GaussianMixtureReference(2).fit(
         _mixture_draws(4000, torch.Generator().manual_seed(1))
     )
-    log_w, means, tril = reference.params
+    log_w, means, tril = (p[0] for p in reference.params)  # the one context
     order = means[:, 0].argsort()
     assert torch.allclose(log_w.exp()[order], torch.tensor([0.3, 0.7]), atol=0.03)
     assert torch.allclose(means[order, 0], torch.tensor([-2.0, 1.5]), atol=0.05)
@@ -58,8 +58,27 @@ def test_warm_start_refits_moving_draws():
     reference.fit(_mixture_draws(1000, g))
     # the guide moves: a few warm-started iterations follow it
     reference.fit(_mixture_draws(1000, g) + 0.5)
-    means = reference.params[1][:, 0].sort().values
+    means = reference.params[1][0, :, 0].sort().values
     assert torch.allclose(means, torch.tensor([-1.5, 2.0]), atol=0.1)
+
+
+def test_one_mixture_per_context():
+    # amortized guides: every context (observation) has its own mixture
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(4)
+    first = _mixture_draws(3000, g)
+    second = 3.0 - _mixture_draws(3000, g)  # mirrored and shifted: 0.7 at 1.5, 0.3 at 5
+    reference = GaussianMixtureReference(2).fit(torch.stack([first, second], 1))
+    means = reference.params[1][..., 0].sort(-1).values
+    assert torch.allclose(means, torch.tensor([[-2.0, 1.5], [1.5, 5.0]]), atol=0.06)
+    draws = reference.sample(20000)
+    assert draws.shape == (20000, 2, 1)
+    data_means = torch.stack([first.mean(), second.mean()])
+    assert torch.allclose(draws.mean(0)[:, 0], data_means, atol=0.05)
+    # log r per context: each context's density where the other one has none
+    point = torch.tensor([[[5.0], [5.0]]])
+    log_r = reference.log_prob(point)
+    assert log_r.shape == (1, 2) and log_r[0, 1] > log_r[0, 0] + 10
 
 
 def test_bad_component_count_is_refused():

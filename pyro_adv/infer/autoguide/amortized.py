@@ -51,4 +51,6 @@ def amortized_guide(encoder, latent="z", plate="data", data="x", name="encoder")
             rows = x.index_select(0, idx.to(x.device))
             pyro.sample(latent, encoder(rows.reshape(rows.shape[0], -1)))
 
+    # a mixture encoder's components, for TraceAVB_ELBO's mixture-aware contrast
+    guide.num_components = getattr(encoder, "num_components", 1)
     return guide
