@@ -27,11 +27,22 @@ on the machine affects all alike; medians over blocks of **CPU time** per step
 loaded machine; wall time on a GPU, synchronized) are reported, and the wall-clock
 medians too. ``SVI`` is timed with ``pyro.optim.Adam`` (one optimizer per
 parameter, Pyro's default) and with ``pyro_adv.optim.foreach_adam`` (one
-multi-tensor step). Also reported: device reads (``.item()``, ``bool()``,
-``.tolist()``...) per step outside torch's optimizers, and peak tensor memory of one step (the torch
-profiler's allocation events on the CPU, ``max_memory_allocated`` on a GPU), and
-how the step time grows with the number of observations, the latent dimension, the
-particles (AVB) and the batch size (ALI).
+multi-tensor step), and both loops again with Pyro's validation off
+(``pyro.enable_validation(False)``, which Pyro suggests once a model works) and with
+torch's fused Adam (``foreach_adam({"fused": True})`` against
+``torch.optim.Adam(fused=True)``). Also
+reported: device reads (``.item()``, ``bool()``, ``.tolist()``...) per step outside
+torch's optimizers, peak tensor memory of one step (the torch profiler's allocation
+events on the CPU, ``max_memory_allocated`` on a GPU), how the step time and peak
+memory grow with the number of observations, the latent dimension, the particles
+(AVB) and the batch size (ALI, GAN), and where a step's time goes (:func:`breakdown`:
+exclusive time per phase, networks, backward, optimizer, Pyro's traces, the
+objective's code, the checks...).
+
+Run alone::
+
+    python -m benchmarks.overhead                 # the table
+    python -m benchmarks.overhead --profile avb   # where an AVB step's time goes
 """
 
 import copy
@@ -263,8 +274,9 @@ ENGINES = {"avb": AVB, "ali": ALI, "gan": GAN}
 
 
 # ------------------------------------------------------------------------ measures
-def _manual_step(losses, params):
-    optim = torch.optim.Adam(params, lr=LR)
+def _manual_step(losses, params, fused=False):
+    # torch's default Adam (a loop over the parameters on the CPU), or its fused kernel
+    optim = torch.optim.Adam(params, lr=LR, **({"fused": True} if fused else {}))
 
     def step():
         g_loss, d_loss = losses()
@@ -409,11 +421,34 @@ def _setup(problem_cls, device, seed, **options):
     )
 
 
+def _without_validation(step):
+    # Pyro's validation (distribution arguments and supports, trace shapes) off, as
+    # Pyro suggests once a model works; it applies to both loops
+    def call():
+        with pyro.validation_enabled(False):
+            return step()
+
+    return call
+
+
 def _engine_row(name, device, seed, blocks, per_block):
     problem, steps, (loss_diff, grad_diff) = _setup(ENGINES[name], device, seed)
-    for step in steps.values():
+    timed = dict(steps)
+    timed["svi_foreach_novalidation"] = _without_validation(steps["svi_foreach"])
+    timed["manual_novalidation"] = _without_validation(steps["manual"])
+    # both loops with torch's fused Adam (one kernel for all parameters)
+    pyro.set_rng_seed(seed)
+    fused = ENGINES[name](device, suffix="_fused")
+    fused_svi = fused.svi(foreach_adam({"lr": LR, "fused": True}))
+    fused_svi.step(*fused.args)
+    losses, ours, _ = problem.manual()
+    timed["svi_fused"] = lambda: fused_svi.step(*fused.args)
+    timed["manual_fused"] = _manual_step(losses, ours, fused=True)
+    for step in timed.values():
         step()
-    ms, wall = _timed(steps, blocks, per_block, device)
+    ms, wall = _timed(timed, blocks, per_block, device)
+    # where the time goes (instrumented runs, after the timings they would disturb)
+    found = _breakdown(steps, 5, 1) if blocks < 10 else _breakdown(steps, 200, 5)
     return {
         "engine": problem.name,
         "task": problem.task,
@@ -424,12 +459,24 @@ def _engine_row(name, device, seed, blocks, per_block):
         "ratio_foreach": ms["svi_foreach"] / ms["manual"],
         "wall_ms_per_step": wall,
         "wall_ratio_foreach": wall["svi_foreach"] / wall["manual"],
+        "novalidation_ms_per_step": {
+            "svi_foreach": ms["svi_foreach_novalidation"],
+            "manual": ms["manual_novalidation"],
+        },
+        "ratio_foreach_novalidation": ms["svi_foreach_novalidation"] / ms["manual_novalidation"],
+        "fused_adam_ms_per_step": {"svi": ms["svi_fused"], "manual": ms["manual_fused"]},
+        "ratio_fused": ms["svi_fused"] / ms["manual_fused"],
         "same_math_max_rel_diff_losses": loss_diff,
         "same_math_max_rel_diff_gradients": grad_diff,
         "device_reads_per_step": {k: _reads_per_step(s) for k, s in steps.items()},
+        # the objective's own reads, without those of Pyro's argument validation
+        "device_reads_per_step_novalidation": {
+            k: _reads_per_step(timed[f"{k}_novalidation"]) for k in ("svi_foreach", "manual")
+        },
         "peak_memory_kib": {k: _peak_bytes(s, device) / 1024 for k, s in steps.items()},
         "blocks": blocks,
         "steps_per_block": per_block,
+        "breakdown_ms_per_step": found,
     }
 
 
@@ -481,12 +528,175 @@ def _pyro_reference_row(device, seed, blocks, per_block):
     }
 
 
+# ---------------------------------------------------------------------- breakdown
+class _Phases:
+    """
+    Exclusive wall time per phase of a step: each instrumented function's time less
+    that of the instrumented functions it calls, summed by phase (the step itself is
+    phase ``"rest"``). Each instrumented call adds about a microsecond.
+    """
+
+    def __init__(self):
+        self.totals = {}
+        self._stack = []
+        self._restore = []
+
+    def wrap(self, owner, attr, phase, skip=None):
+        if isinstance(owner, type):  # the class that defines it (engines are mixins)
+            owner = next(c for c in owner.__mro__ if attr in c.__dict__)
+        raw = owner.__dict__[attr]
+        static = isinstance(raw, staticmethod)
+        fn = raw.__func__ if static else raw
+
+        def timed(*args, **kwargs):
+            if skip is not None and skip(args):
+                return fn(*args, **kwargs)
+            start = time.perf_counter()
+            self._stack.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - start
+                self.totals[phase] = self.totals.get(phase, 0.0) + spent - self._stack.pop()
+                if self._stack:
+                    self._stack[-1] += spent
+
+        setattr(owner, attr, staticmethod(timed) if static else timed)
+        self._restore.append((owner, attr, raw))
+
+    def restore(self):
+        for owner, attr, raw in reversed(self._restore):
+            setattr(owner, attr, raw)
+        self._restore = []
+
+
+def _instrument(phases):
+    """Where an SVI step and a hand-written step spend their time (see ``PHASES``)."""
+    import pyro.infer.util
+    from pyro.nn import PyroModule
+
+    from pyro_adv.infer import adversarial, checks, particles, trace_ali, trace_gan
+    from pyro_adv.infer import trace_avb_elbo as avb
+    from pyro_adv.nn import averaging
+    from pyro_adv.optim import ForeachOptim
+
+    # the networks' forward passes, wherever they run (not a PyroModule guide's call,
+    # which runs Pyro statements)
+    phases.wrap(
+        torch.nn.Module, "__call__", "networks", skip=lambda a: isinstance(a[0], PyroModule)
+    )
+    phases.wrap(torch.Tensor, "backward", "backward")
+    phases.wrap(ForeachOptim, "__call__", "optimizer")
+    phases.wrap(pyro.optim.PyroOptim, "__call__", "optimizer")
+    phases.wrap(torch.optim.Adam, "step", "optimizer")
+    phases.wrap(torch.optim.Optimizer, "zero_grad", "optimizer")
+    phases.wrap(pyro.infer.util, "zero_grads", "optimizer")
+    for owner, attr in [
+        (particles.ParticleTraces, "_traces"),
+        (particles.ParticleTraces, "_run_model"),
+        (trace_ali.Trace_ALI, "_traces"),
+        (trace_gan.Trace_GAN, "_traces"),
+        (trace_ali, "forward_simulations"),
+        (avb.AutoImplicit, "draw_unconstrained"),
+    ]:
+        phases.wrap(owner, attr, "traces")
+    for attr in ["_prepare", "_read_losses", "_check_gradients", "_remember"]:
+        phases.wrap(checks.StepChecks, attr, "checks")
+    phases.wrap(particles.ParticleTraces, "_prepare", "checks")
+    phases.wrap(averaging.ParameterEMA, "update", "averaging")
+    phases.wrap(averaging.ParameterEMA, "track", "averaging")
+    phases.wrap(adversarial.AdversarialObjective, "discriminator", "registration")
+    for cls in (avb.TraceAVB_ELBO, trace_ali.Trace_ALI, trace_gan.Trace_GAN):
+        phases.wrap(cls, "_losses", "objective")
+    phases.wrap(SVI, "step", "bookkeeping")
+    phases.wrap(adversarial.AdversarialObjective, "loss_and_grads", "bookkeeping")
+    phases.wrap(adversarial.AdversarialObjective, "_surrogate", "bookkeeping")
+
+
+#: the phases of a step, in the order reported
+PHASES = {
+    "networks": "networks' forward passes (guide/generator, discriminators)",
+    "backward": "backward pass",
+    "optimizer": "optimizer step and gradient reset",
+    "traces": "Pyro's guide and model traces (handlers, the model's own densities), "
+    "minus the networks inside",
+    "objective": "the objective's own code (features, whitening, losses, statistics)",
+    "checks": "reliability checks (fingerprint, finite losses, zero gradients)",
+    "averaging": "weight averaging (EMA of the guide/generator)",
+    "registration": "discriminator registration (pyro.param of its weights)",
+    "bookkeeping": "SVI.step and loss_and_grads glue (param capture)",
+    "rest": "everything else in the step (hand-written: its tensor math)",
+}
+
+
+def breakdown(name, device="cpu", seed=0, steps=200, repeats=5):
+    """
+    Exclusive milliseconds per step in each of :data:`PHASES`, for the SVI step
+    (foreach Adam) and the hand-written step of engine ``name``; the least over
+    ``repeats`` runs of ``steps`` steps for each phase (wall time).
+    """
+    _, loops, _ = _setup(ENGINES[name], torch.device(device), seed)
+    return _breakdown(loops, steps, repeats)
+
+
+def _breakdown(loops, steps, repeats):
+    result = {"repeats": repeats, "steps": steps}
+    for loop in ("svi_foreach", "manual"):
+        step = loops[loop]
+        for _ in range(min(steps, 10)):
+            step()
+        best = {}
+        for _ in range(repeats):
+            phases = _Phases()
+            _instrument(phases)
+            phases.wrap(_Step, "__call__", "rest")
+            call = _Step(step)
+            try:
+                start = time.perf_counter()
+                for _ in range(steps):
+                    call()
+                total = time.perf_counter() - start
+            finally:
+                phases.restore()
+            ms = {k: 1000 * v / steps for k, v in phases.totals.items()}
+            ms["total"] = 1000 * total / steps
+            for key, value in ms.items():
+                best[key] = min(best.get(key, math.inf), value)
+        result[loop] = {k: best.get(k, 0.0) for k in (*PHASES, "total")}
+    return result
+
+
+class _Step:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self):
+        return self.fn()
+
+
+def _breakdown_markdown(name, result):
+    svi, manual = result["svi_foreach"], result["manual"]
+    lines = [
+        f"Where a {name.upper()} step's time goes (ms/step, wall, exclusive times; the "
+        f"least of {result['repeats']} runs of {result['steps']} steps per phase):",
+        "",
+        "| phase | SVI + foreach Adam | hand-written |",
+        "|---|---|---|",
+    ]
+    for key, label in PHASES.items():
+        if svi[key] or manual[key]:
+            lines.append(f"| {label} | {svi[key]:.3f} | {manual[key]:.3f} |")
+    lines.append(f"| **step** | {svi['total']:.3f} | {manual['total']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 #: (engine, option, values): how the step time grows
 SCALING = [
     ("avb", "num_data", (10, 1000, 100_000)),
     ("avb", "latent_dim", (2, 8, 32)),
     ("avb", "particles", (16, 128, 1024)),
     ("ali", "batch", (64, 1024, 16384)),
+    ("gan", "batch", (64, 1024, 16384)),
 ]
 
 
@@ -518,11 +728,14 @@ def _markdown(rows, scaling, device, reference):
     lines = [
         f"| engine | task | SVI + pyro Adam ({unit}) | SVI + foreach Adam | hand-written "
         "| ratio (pyro Adam) | ratio (foreach) | same math: max rel. diff losses / grads "
-        "| device reads / step (SVI / hand) | peak memory KiB (SVI / hand) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| device reads / step (SVI / hand) | peak memory KiB (SVI / hand) "
+        "| ratio (foreach), Pyro validation off | both with fused Adam: SVI / hand "
+        "(ratio) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reads, peak = r["device_reads_per_step"], r["peak_memory_kib"]
+        quiet = r["device_reads_per_step_novalidation"]
         lines.append(
             f"| {r['engine']} | {r['task']} | {r['svi_ms_per_step']:.2f} "
             f"| {r['svi_foreach_ms_per_step']:.2f} | {r['manual_ms_per_step']:.2f} "
@@ -530,7 +743,11 @@ def _markdown(rows, scaling, device, reference):
             f"| {r['same_math_max_rel_diff_losses']:.1e} / "
             f"{r['same_math_max_rel_diff_gradients']:.1e} "
             f"| {reads['svi_foreach']:.0f} / {reads['manual']:.0f} "
-            f"| {peak['svi_foreach']:.0f} / {peak['manual']:.0f} |"
+            f"({quiet['svi_foreach']:.0f} / {quiet['manual']:.0f} without validation) "
+            f"| {peak['svi_foreach']:.0f} / {peak['manual']:.0f} "
+            f"| {r['ratio_foreach_novalidation']:.2f} "
+            f"| {r['fused_adam_ms_per_step']['svi']:.2f} / "
+            f"{r['fused_adam_ms_per_step']['manual']:.2f} ({r['ratio_fused']:.2f}) |"
         )
     lines += [
         "",
@@ -572,6 +789,8 @@ def run(quick=False, seed=0, outdir=None, device="cpu"):
     if not quick:
         scaling = _scaling_rows(device, seed, 7, 5)
     table = _markdown(rows, scaling, device, reference)
+    for name, row in zip(ENGINES, rows):
+        table += "\n" + _breakdown_markdown(name, row["breakdown_ms_per_step"])
     if outdir is not None and scaling:
         _plot(scaling, os.path.join(outdir, "overhead_scaling.png"), device)
         table += "\n![step time against problem size](overhead_scaling.png)\n"
@@ -583,18 +802,73 @@ def _plot(scaling, path, device):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     groups = {}
     for r in scaling:
         groups.setdefault((r["engine"], r["option"]), []).append(r)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.0))
-    for ax, ((engine, option), rs) in zip(axes, groups.items()):
+    fig, axes = plt.subplots(
+        2, len(groups), figsize=(3.0 * len(groups), 5.4), squeeze=False, sharex="col"
+    )
+    unit = " (CPU)" if device.type == "cpu" else ""
+    for column, ((engine, option), rs) in enumerate(groups.items()):
         values = [r["value"] for r in rs]
-        ax.loglog(values, [r["svi_foreach_ms_per_step"] for r in rs], "o-", label="SVI")
-        ax.loglog(values, [r["manual_ms_per_step"] for r in rs], "s--", label="hand-written")
-        ax.set_xlabel(f"{engine}: {option}")
-        ax.set_ylabel("ms / step" + (" (CPU)" if device.type == "cpu" else ""))
-    axes[0].legend()
+        top, bottom = axes[0, column], axes[1, column]
+        top.loglog(values, [r["svi_foreach_ms_per_step"] for r in rs], "o-", label="SVI")
+        top.loglog(values, [r["manual_ms_per_step"] for r in rs], "s--", label="hand-written")
+        top.set_title(f"{engine}: {option}", fontsize=10)
+        top.set_ylabel("ms / step" + unit)
+        for key, style in (("svi", "o-"), ("manual", "s--")):
+            peak = [max(r["peak_memory_kib"][key], 1.0) / 1024 for r in rs]
+            bottom.loglog(values, peak, style)
+        bottom.set_ylabel("peak memory of a step (MiB)")
+        bottom.set_xlabel(option)
+        for ax in (top, bottom):
+            # the measured values as ticks (log minor labels overlap on short ranges)
+            ax.set_xticks(values)
+            ax.set_xticklabels([str(v) for v in values])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            low, high = ax.get_ylim()
+            # minor labels only where the axis spans less than a decade (else they crowd)
+            ax.yaxis.set_minor_formatter(plain if high < 10 * low else NullFormatter())
+    axes[0, 0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(argv=None):
+    """``python -m benchmarks.overhead``: the table, or a profile breakdown."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke test)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--profile",
+        metavar="ENGINES",
+        help="print where a step's time goes for these engines (e.g. avb,ali,gan) instead",
+    )
+    parser.add_argument("--json", help="with --profile: also write the breakdowns here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.profile:
+        found = {}
+        for name in args.profile.split(","):
+            steps = 20 if args.quick else 200
+            found[name] = breakdown(name, args.device, args.seed, steps=steps)
+            print(_breakdown_markdown(name, found[name]))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(found, f, indent=2)
+        return found
+    _, table = run(quick=args.quick, seed=args.seed, device=args.device)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -35,7 +35,9 @@ class ForeachOptim(pyro.optim.PyroOptim):
     parameters are bit-identical after any number of steps.
 
     It fuses :class:`torch.optim.Adam` (without ``amsgrad``, tensor learning rates,
-    ``capturable``/``differentiable``/``fused``) and Pyro's
+    ``capturable``/``differentiable``; with ``fused=True`` in one call of torch's
+    fused kernel, several times faster on small parameters, bit-identical to
+    Pyro's per-parameter Adam with ``fused=True``) and Pyro's
     :class:`~pyro.optim.ClippedAdam` (without ``weight_decay`` or
     ``centered_variance``); any other optimizer, and those options, are stepped one
     parameter at a time as :class:`~pyro.optim.PyroOptim` does. Learning-rate
@@ -104,11 +106,11 @@ class ForeachOptim(pyro.optim.PyroOptim):
 
 
 def _adam_fusable(group):
+    # fused=True (torch's one-kernel Adam) is stepped in one call too, as fused
     return (
         not group["amsgrad"]
         and not group["capturable"]
         and not group["differentiable"]
-        and not group["fused"]
         and not torch.is_tensor(group["lr"])
         and not any(torch.is_tensor(b) for b in group["betas"])
     )
@@ -124,6 +126,7 @@ def _adam_key(group, p):
         group["weight_decay"],
         group["maximize"],
         group.get("decoupled_weight_decay", False),
+        bool(group["fused"]),
     )
 
 
@@ -137,6 +140,7 @@ def _adam_step(first, group, optimizers):
             optimizer.param_groups[0], params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
         )
     beta1, beta2 = group["betas"]
+    fused = bool(group["fused"])
     with torch.no_grad():
         _adam(
             params,
@@ -145,10 +149,12 @@ def _adam_step(first, group, optimizers):
             exp_avg_sqs,
             max_exp_avg_sqs,
             steps,
-            foreach=True,
+            # torch's fused kernel where the parameters' optimizers ask for it (the
+            # same per-element arithmetic as their own fused steps), else foreach
+            foreach=not fused,
             capturable=False,
             differentiable=False,
-            fused=False,
+            fused=fused,
             has_complex=has_complex,
             decoupled_weight_decay=group.get("decoupled_weight_decay", False),
             amsgrad=False,

@@ -22,9 +22,14 @@ def test_quick_table_writes_json_and_report(table, tmp_path):
 
 
 def test_overhead_compares_the_same_math():
+    import torch
+
     from benchmarks import overhead
 
+    module_call = torch.nn.Module.__call__
     rows, _ = overhead.run(quick=True)
+    # the breakdown's instrumentation is gone after the run
+    assert torch.nn.Module.__call__ is module_call
     engines = [r for r in rows if "same_math_max_rel_diff_losses" in r]
     assert [r["engine"] for r in engines] == ["AVB", "ALI", "GAN"]
     for row in engines:
@@ -33,6 +38,10 @@ def test_overhead_compares_the_same_math():
         # random state, the same losses and gradients up to float32 round-off
         assert row["same_math_max_rel_diff_losses"] < 1e-5, row
         assert row["same_math_max_rel_diff_gradients"] < 1e-4, row
+        # the phases are attributed: Pyro's traces only in SVI, networks in both
+        phases = row["breakdown_ms_per_step"]
+        assert phases["svi_foreach"]["traces"] > 0 and phases["manual"]["traces"] == 0
+        assert phases["svi_foreach"]["networks"] > 0 and phases["manual"]["networks"] > 0
 
 
 def test_zoo_quick_rows_cover_every_model_and_method():

@@ -78,9 +78,11 @@ def _clipped_per_param(name):
     [
         (torch.optim.Adam, {"lr": 0.01}),
         (torch.optim.Adam, _per_param),
+        # torch's fused kernel, called once for all parameters of a settings group
+        (torch.optim.Adam, lambda name: dict(_per_param(name), fused=True)),
         (ClippedAdam, _clipped_per_param),
     ],
-    ids=["adam", "adam_per_param", "clipped_adam"],
+    ids=["adam", "adam_per_param", "adam_fused", "clipped_adam"],
 )
 def test_foreach_optim_is_bit_identical_to_pyro(constructor, args):
     expected, reference = _train(pyro.optim.PyroOptim(constructor, args))

@@ -326,21 +326,39 @@ class StepChecks:
             return
         self._check_traces(model_trace, guide_trace, cause=error)
 
+    def _discriminator_params(self, key, module):
+        """
+        ``((param-store name, parameter), ...)`` of discriminator ``key``, listed once
+        per module (a built discriminator's parameters are fixed; a rebuilt one is a
+        new module): the per-step registration and store checks then cost no module
+        traversal.
+        """
+        cache = self.__dict__.setdefault("_discriminator_param_names", {})
+        cached = cache.get(key)
+        if cached is None or cached[0] is not module:
+            prefix = f"{self.discriminator_prefix}_{key}"
+            pairs = tuple(
+                (pyro.params.param_with_module_name(prefix, pname), p)
+                for pname, p in module.named_parameters()
+            )
+            cached = cache[key] = (module, pairs)
+        return cached[1]
+
     def _store_state(self):
         """
         ``"ok"`` while every built discriminator's parameters are the store's,
         ``"cleared"`` when they are gone (:func:`pyro.clear_param_store`), and
         ``"foreign"`` when other tensors hold their names.
         """
-        store = pyro.get_param_store()
+        # the store's unconstrained tensors by name (what store[name].unconstrained() is)
+        stored = pyro.get_param_store()._params
         state = "ok"
         for key, module in self.discriminators.items():
-            prefix = f"{self.discriminator_prefix}_{key}"
-            for pname, p in module.named_parameters():
-                full = pyro.params.param_with_module_name(prefix, pname)
-                if full not in store:
+            for full, p in self._discriminator_params(key, module):
+                current = stored.get(full)
+                if current is None:
                     state = "cleared"
-                elif store[full].unconstrained() is not p:
+                elif current is not p:
                     return "foreign"
         return state
 
@@ -454,8 +472,15 @@ class StepChecks:
             if p.grad is not None:
                 by_device.setdefault(p.grad.device, []).append(name)
         for names in by_device.values():
-            flags = torch.stack([params[name].grad.any() for name in names]).tolist()
-            nonzero.update(zip(names, flags))
+            # count_nonzero is the cheapest reduction on small tensors (NaN counts as
+            # non-zero, -0.0 as zero, as with .any()); sparse gradients keep .any()
+            counts = torch.stack(
+                [
+                    g.count_nonzero() if g.layout == torch.strided else g.any().long()
+                    for g in (params[name].grad for name in names)
+                ]
+            ).tolist()
+            nonzero.update((name, count != 0) for name, count in zip(names, counts))
         for name in params:
             zero = not nonzero[name]
             streak = self._zero_grad_streak.get(name, 0) + 1 if zero else 0

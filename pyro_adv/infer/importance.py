@@ -64,7 +64,7 @@ class GroupTerms(NamedTuple):
     log_q_bounded: torch.Tensor
     loss: torch.Tensor
     accuracies: tuple
-    extrapolated: tuple  # (fraction of logits bounded, number of draws with one bounded)
+    extrapolated: tuple  # (fraction of logits bounded, draws with one bounded): 0-d tensors
     disagreement: torch.Tensor = None  # refit members' logit difference, shaped like log_q
 
 
@@ -87,8 +87,9 @@ class RefitImportanceWeights:
         t_detached = t.detach()
         bounded = torch.maximum(torch.minimum(t_detached, high), low)
         clipped = bounded != t_detached
-        outside = clipped.to(t_detached.dtype).mean().item()
-        draws = int(clipped.reshape(clipped.shape[0], -1).any(-1).sum().item())
+        # tensors until the statistics are read (no device read a step)
+        outside = clipped.to(t_detached.dtype).mean()
+        draws = clipped.reshape(clipped.shape[0], -1).any(-1).sum()
         return GroupTerms(t, bounded, d_loss, accs, (outside, draws), disagreement)
 
     def _positive_draws(self, context, up, u):

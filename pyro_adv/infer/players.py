@@ -40,7 +40,13 @@ class DiscriminatorPlayers:
         if key not in self.discriminators:
             self._build_discriminator(key, factory, example)
         module = self.discriminators[key]
-        pyro.module(f"{self.discriminator_prefix}_{key}", module)
+        pairs = self._discriminator_params(key, module)
+        if all(p.requires_grad for _, p in pairs):
+            # what pyro.module does for them, without walking the module every step
+            for full, p in pairs:
+                pyro.param(full, p)
+        else:  # pyro.module's own warnings for frozen parameters
+            pyro.module(f"{self.discriminator_prefix}_{key}", module)
         return module
 
     def spec_factory(self, key, default):

@@ -43,8 +43,9 @@ class StepStats(MutableMapping):
     every tensor value into a Python ``float`` with a single device read per device
     (the values are stacked and copied together); a :class:`MeanOf` becomes the
     mean of its floats, a :class:`Deferred` is computed first, and other values
-    (``None``, floats) are kept as they are.
-    Values are exactly those of ``tensor.item()``.
+    (``None``, floats) are kept as they are. Values are exactly those of
+    ``tensor.item()``: an integer tensor gives an ``int`` (float64 holds counts up
+    to 2**53 exactly), a boolean one a ``bool``.
 
     :param dict values: the initial statistics.
     """
@@ -97,7 +98,13 @@ class StepStats(MutableMapping):
                 stacked = torch.stack(
                     [t.detach().reshape(()).to(torch.float64) for _, t in entries]
                 )
-                numbers.update(zip((where for where, _ in entries), stacked.tolist()))
+                for (where, t), number in zip(entries, stacked.tolist()):
+                    # a count (an integer tensor) reads as an int, as .item() gives it
+                    if t.dtype == torch.bool:
+                        number = bool(number)
+                    elif not t.is_floating_point():
+                        number = int(number)
+                    numbers[where] = number
             floats = {}
             for key, value in self._raw.items():
                 if isinstance(value, MeanOf):

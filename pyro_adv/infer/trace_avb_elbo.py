@@ -326,9 +326,11 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         elif groups:
             stats["kl"] = _mean(log_q_implicit).detach()
         if groups:
-            stats["extrapolated_fraction"] = sum(f for f, _ in extrapolated) / len(extrapolated)
-            # draws with a bounded logit in any group (at most the sum over groups)
-            stats["extrapolated_draws"] = min(sum(n for _, n in extrapolated), self.num_particles)
+            stats["extrapolated_fraction"] = MeanOf(f for f, _ in extrapolated)
+            # draws with a bounded logit in any group (at most the sum over groups); an
+            # integer tensor, read as an int
+            draws = sum(n for _, n in extrapolated)
+            stats["extrapolated_draws"] = draws.clamp(max=self.num_particles)
         # Importance weights use the discriminator only where it was trained: beyond
         # the range of logits it produced on its own training draws it extrapolates,
         # and a tail draw's weight would then be the network's guess (k-hat alarms on
