@@ -293,11 +293,11 @@ def default_optimizer(objective, num_steps, **overrides):
 
     The settings are the lessons of the tuned benchmark runs that are not specific
     to one model, checked on targets no test was tuned on
-    (``benchmarks/new_user.py``): a discriminator 2-4 times faster than the
-    guide or generator (two time-scale updates, Heusel et al. 2017), both rates
-    decayed over the run so the game settles (20-fold; the GAN discriminator keeps
-    its rate), GAN momentum (``beta1 = 0.5``) for ALI and GANs, and no gradient
-    clamp.
+    (``benchmarks/new_user.py``, ``benchmarks/robustness.py``): a discriminator
+    2-8 times faster than the guide or generator (two time-scale updates, Heusel et
+    al. 2017), the rates decayed over the run so the game settles (20-fold; the GAN
+    and ALI discriminators keep their rate, so that they keep up with the guide),
+    GAN momentum (``beta1 = 0.5``) for ALI and GANs, and no gradient clamp.
 
     :param objective: a :class:`~pyro_adv.infer.TraceAVB_ELBO`,
         :class:`~pyro_adv.infer.Trace_ALI` or :class:`~pyro_adv.infer.Trace_GAN`.

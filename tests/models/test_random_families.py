@@ -128,12 +128,16 @@ def test_gaussian_errors_catch_a_wrong_correlation():
 #: measured misses of the library defaults at the test's budget (seed 0, about half the
 #: table's steps), kept as strict xfails: they fail the test if they start passing
 _MISSES = {
-    # 1500 steps, fresh simulations: posterior mean 0.43 sd off, sd 74% off along the
-    # worst direction
-    "ali_linear_simulator": "Trace_ALI defaults at 1500 steps: mean 0.43 sd, sd ratio 74% off",
     # 1000 steps: sd|z| 21% off at the worst of x = 1, 30 and 3 random x
     "exponential_avb": "amortized AVB defaults at 1000 steps: sd|z| 21% off",
 }
+
+
+#: the fixed seed where it is not 0. ALI (3000 steps, the table's budget, ~45 s): seed 1
+#: is 3-D with a posterior 2-3 times narrower than the prior; the defaults put its mean
+#: 0.12 sd and its sd 7% off, the defaults before the undecayed discriminator 55% off
+#: (seed 0 passes too, with less room: mean 0.17 sd)
+_SEEDS = {"ali_linear_simulator": 1}
 
 
 @pytest.mark.slow
@@ -143,10 +147,7 @@ _MISSES = {
         "gan_gaussian_2d",
         "gan_gaussian_5d",
         "avb_conjugate",
-        pytest.param(
-            "ali_linear_simulator",
-            marks=pytest.mark.xfail(strict=True, reason=_MISSES["ali_linear_simulator"]),
-        ),
+        "ali_linear_simulator",
         "avb_linear_simulator",
         pytest.param(
             "exponential_avb",
@@ -157,6 +158,6 @@ _MISSES = {
 def test_family_small_run(family):
     from benchmarks.robustness import run_seed
 
-    result = run_seed(family, seed=0, suite="test")
+    result = run_seed(family, seed=_SEEDS.get(family, 0), suite="test")
     assert not result["note"], result["note"]
     assert result["passed"], result["failures"]
