@@ -116,6 +116,7 @@ class GaussianMixtureReference:
         #: fit, one mixture per context ``B``
         self.params = None
         self._batched = False
+        self._full = False  # full covariances (else diagonal): fixed at each fit
 
     def reset(self):
         """Forgets the fit: the next :meth:`fit` starts from k-means++ seeds."""
@@ -146,6 +147,7 @@ class GaussianMixtureReference:
         n, B, d = x.shape
         K = self.num_components
         full = n >= 4 * d * K and d > 1
+        params_full = self._full  # whether the factors in params are full (not diagonal)
         floor = 1e-4 * x.var(0).clamp_min(1e-12).unsqueeze(1)  # (B, 1, d)
         params, iterations = self.params, self.iterations
         shape = (B, K, d)
@@ -156,11 +158,12 @@ class GaussianMixtureReference:
                 self._seeds(x),
                 torch.diag_embed(var.sqrt()),
             )
+            params_full = False
             # a fresh fit: long for one mixture (once), shorter per context (every step)
             iterations = self.first_iterations if B == 1 else self.context_iterations
         xt = x.transpose(0, 1)  # (B, n, d): batched matrix products over contexts
         for _ in range(iterations):
-            log_p = self._component_log_probs(x, *params)  # (n, B, K)
+            log_p = self._component_log_probs(x, *params, params_full)  # (n, B, K)
             resp = (log_p - log_p.logsumexp(-1, keepdim=True)).exp().permute(1, 2, 0)
             nk = resp.sum(-1) + 1e-10  # (B, K)
             means = (resp @ xt) / nk.unsqueeze(-1)  # (B, K, d)
@@ -172,15 +175,15 @@ class GaussianMixtureReference:
             else:
                 var = (resp @ xt.pow(2)) / nk.unsqueeze(-1) - means.pow(2)
                 tril = torch.diag_embed((var.clamp_min(0.0) + floor).sqrt())
-            params = ((nk / n).log(), means, tril)
-        self.params = params
+            params, params_full = ((nk / n).log(), means, tril), full
+        self.params, self._full = params, params_full
         return self
 
     @staticmethod
-    def _component_log_probs(x, log_w, means, tril):
+    def _component_log_probs(x, log_w, means, tril, full):
         centred = x.unsqueeze(-2) - means  # (..., B, K, d)
         std = tril.diagonal(dim1=-2, dim2=-1)
-        if tril.shape[-1] == 1 or not tril.tril(-1).any():
+        if not full or tril.shape[-1] == 1:
             white = centred / std  # diagonal covariances
         else:
             # an explicit inverse of each small Cholesky factor: one batched matmul
@@ -198,7 +201,7 @@ class GaussianMixtureReference:
         """
         if not self._batched:
             u = u.unsqueeze(-2)
-        log_r = self._component_log_probs(u, *self.params).logsumexp(-1)
+        log_r = self._component_log_probs(u, *self.params, self._full).logsumexp(-1)
         return log_r if self._batched else log_r.squeeze(-1)
 
     def sample(self, num_draws):

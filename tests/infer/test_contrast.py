@@ -38,6 +38,7 @@ def test_density_integrates_to_one_and_matches_its_draws(dim):
         b = torch.randn(1500, 2, generator=g) * 0.4 + torch.tensor([2.0, -1.0])
         draws = torch.cat([a, b])
     reference = GaussianMixtureReference(2).fit(draws.double())
+    reference.fit(draws.double())  # warm-started from its own (full-covariance) fit
     # quadrature on a grid: the density integrates to one
     axis = torch.linspace(-6, 6, 601, dtype=torch.float64)
     step = (axis[1] - axis[0]).item()
