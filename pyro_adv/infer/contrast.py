@@ -148,15 +148,15 @@ class GaussianMixtureReference:
         K = self.num_components
         full = n >= 4 * d * K and d > 1
         params_full = self._full  # whether the factors in params are full (not diagonal)
-        floor = 1e-4 * x.var(0).clamp_min(1e-12).unsqueeze(1)  # (B, 1, d)
+        variance = x.var(0).clamp_min(1e-12).unsqueeze(1)  # (B, 1, d)
+        floor = 1e-4 * variance
         params, iterations = self.params, self.iterations
         shape = (B, K, d)
         if not warm or params is None or params[1].shape != shape or params[1].dtype != x.dtype:
-            var = x.var(0).clamp_min(1e-12).unsqueeze(1).expand(shape)
             params = (
                 torch.full((B, K), -math.log(K), dtype=x.dtype, device=x.device),
                 self._seeds(x),
-                torch.diag_embed(var.sqrt()),
+                torch.diag_embed(variance.sqrt().expand(shape)),
             )
             params_full = False
             # a fresh fit: long for one mixture (once), shorter per context (every step)
@@ -285,11 +285,9 @@ class AdaptiveContrast:
         terms = self._discriminate(
             group, z, join_features(context, up), real, fake, join_features(context, real_up)
         )
-        return terms._replace(
-            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
-        )
+        return _plus_log_r(terms, log_r)
 
-    def _reference_components(self, guide, up, context, ref_u):
+    def _reference_components(self, guide, up):
         """
         Components of the group's reference: ``contrast_components``, else the
         guide's (an :class:`~pyro_adv.infer.autoguide.AutoImplicit` mixture); 1 (one
@@ -313,6 +311,11 @@ class AdaptiveContrast:
             self._mixture_references[group.key] = reference
         z, real, fake, draw, log_r = mixture_contrast(reference, u, ref_u, self.moment_particles)
         terms = self._discriminate(group, z, context, real, fake, context, draw)
-        return terms._replace(
-            log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
-        )
+        return _plus_log_r(terms, log_r)
+
+
+def _plus_log_r(terms, log_r):
+    """A group's terms with the reference's log density added: ``log q = T + log r``."""
+    return terms._replace(
+        log_q=terms.log_q + log_r, log_q_bounded=terms.log_q_bounded + log_r.detach()
+    )

@@ -60,12 +60,14 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
     prior, the discriminator sees :math:`z` against prior draws) under-disperses.
 
     **Mixture-aware contrast** (automatic for an
-    :class:`~pyro_adv.infer.autoguide.AutoImplicit` with ``num_components > 1``, or
+    :class:`~pyro_adv.infer.autoguide.AutoImplicit` with ``num_components > 1`` or an
+    ``amortized_guide`` of an ``ImplicitEncoder(num_components=K)``, or
     ``contrast_components=K``): one Gaussian spanning separated modes leaves a ratio
     too steep for the discriminator, which then under-states how peaked each mode is
-    and AVB makes the modes too narrow. For global groups :math:`r` is then a
-    :math:`K`-component Gaussian mixture fitted to the guide's draws by a few
-    warm-started EM steps (:class:`~pyro_adv.infer.contrast.GaussianMixtureReference`).
+    and AVB makes the modes too narrow. For groups without upstream latents :math:`r`
+    is then a :math:`K`-component Gaussian mixture fitted to the guide's draws by a
+    few EM steps, per observation for plate-local groups, warm-started for global ones
+    (:class:`~pyro_adv.infer.contrast.GaussianMixtureReference`).
 
     **Where the discriminator looks.** The guide's density factorizes along its
     plates, :math:`q(g)\prod_i q(z_i \mid g, x_i)`: a :class:`~pyro.plate`
@@ -132,10 +134,9 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
     :param int discriminator_steps: discriminator updates per step (default 1).
     :param pyro.optim.PyroOptim discriminator_optim: optimizer of extra updates.
     :param str discriminator_prefix: param-store prefix of the discriminators.
-    :param int contrast_components: components of the reference of global groups
-        (``None``: the guide's ``num_components`` for an ``AutoImplicit``, else 1, one
-        Gaussian). Groups with upstream latents or a context keep the conditional
-        Gaussian.
+    :param int contrast_components: components of the reference (``None``: the
+        guide's ``num_components`` where it has one, else 1, one Gaussian). Groups with
+        upstream latents keep the conditional Gaussian.
     :param float ema_decay: largest decay of the weight averages the sampling
         networks use after training (:mod:`pyro_adv.nn.averaging`, e.g. ``0.999``);
         ``None`` (the default for AVB): off. AVB's guide descends a likelihood-based
@@ -266,7 +267,7 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
                         )
                     ref_u, _ = group_value(group, reference_trace, model_trace, nesting)
                     ref_up = upstream_value(group, upstream, reference_trace, model_trace, nesting)
-                components = self._reference_components(guide, up, context, ref_u)
+                components = self._reference_components(guide, up)
                 if components > 1:
                     terms = self._mixture_terms(group, u, context, ref_u, components)
                 else:
