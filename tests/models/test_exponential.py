@@ -7,6 +7,8 @@ from pyro_adv.models import (
     exact_posterior_sample,
     exponential_log_joint,
     posterior_summary,
+    sample_prior_predictive,
+    sample_training_observations,
 )
 
 
@@ -38,3 +40,27 @@ def test_rejection_sampler_matches_quadrature():
         for key in ["var_z1", "mean_norm", "sd_norm"]:
             assert abs(got[key] / exact[key] - 1) < 0.03, key
         assert max(abs(m) for m in got["mean"]) < 0.05
+
+
+def _training_cdf(t, x_max=40.0, low=0.25):
+    # the stated law: half uniform on [0, x_max], half log-uniform on [low, x_max]
+    uniform = min(max(t / x_max, 0.0), 1.0)
+    log_uniform = min(max(math.log(max(t, low) / low) / math.log(x_max / low), 0.0), 1.0)
+    return 0.5 * uniform + 0.5 * log_uniform
+
+
+def test_training_observations_follow_their_stated_law():
+    # Kolmogorov-Smirnov distance to the exact mixture CDF (5% critical value ~0.0096
+    # at n = 20000); the prior predictive, which the amortized fits used to train on,
+    # is far from it (distance ~0.3)
+    n = 20000
+    x = sample_training_observations(n, generator=torch.Generator().manual_seed(0))
+    assert x.min() >= 0 and x.max() <= 40.0
+    x = x.double().sort().values
+    cdf = torch.tensor([_training_cdf(t) for t in x.tolist()], dtype=torch.float64)
+    steps = torch.arange(1, n + 1, dtype=torch.float64) / n
+    assert (steps - cdf).abs().max() < 0.012
+    _, prior = sample_prior_predictive(n, torch.Generator().manual_seed(0))
+    prior = prior.double().sort().values
+    cdf = torch.tensor([_training_cdf(t) for t in prior.tolist()], dtype=torch.float64)
+    assert (steps - cdf).abs().max() > 0.1

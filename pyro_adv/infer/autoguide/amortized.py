@@ -26,6 +26,13 @@ def amortized_guide(encoder, latent="z", plate="data", data="x", name="encoder")
         svi = SVI(exponential_model, guide, Adam({"lr": 1e-3}), TraceAVB_ELBO())
         svi.step(x, subsample_size=256)
 
+    Train on observations that cover the ones you will query: the encoder is fitted
+    only where the training ``x`` lie. For AVB any spread of ``x`` keeps the optimum
+    ``q(z | x) = p(z | x)`` (the ELBO is maximized at each ``x``), and the prior
+    predictive is often a poor one: on the exponential model it puts 1.7% of ``x``
+    above 30 (see :func:`~pyro_adv.models.sample_training_observations` and the
+    user guide's "Train where you query").
+
     :param encoder: a module ``x -> distribution`` of the latent (with the plate's
         batch shape), registered with :func:`pyro.module` as ``name``.
     :param str latent: the model's plate-local latent site.
