@@ -146,8 +146,14 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
         of running the model forward (``None``: fresh simulations every step). It
         may be replaced between steps.
     :param discriminator: ``None`` for a :class:`~pyro_adv.nn.PairDiscriminator`
-        per group, an ``nn.Module`` called as ``T(x, z)`` on rows (models with one
-        group), or a factory ``key -> nn.Module``.
+        per group whose input is **whitened** (``standardize_input="joint"``,
+        :func:`~pyro_adv.nn.mlp.joint_whitening`) with the statistics of the first
+        step's *simulated* pairs, an ``nn.Module`` called as ``T(x, z)`` on rows
+        (models with one group), or a factory ``key -> nn.Module``. Whitening
+        ``[x, z]`` in that order feeds the latents as their residuals after a linear
+        regression on ``x``, at the scale of the posterior rather than of the prior
+        (often many times wider); the simulated pairs fix it because they follow
+        the model's joint, which the untrained guide's pairs do not.
     :param callable context_transform: applied to the observed values the
         discriminator sees, on both sides (e.g. ``torch.log1p`` for positive
         heavy-tailed data); a bijection leaves the divergence unchanged.
@@ -290,10 +296,12 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
     def _discriminator(self, key, x, z):
         key = module_key(key)
         if key not in self.discriminators:
-            # lazily sized; the input standardization comes from this batch
+            # lazily sized; the input whitening comes from this batch (the simulated
+            # pairs: the untrained guide's pairs would set the latents' residual scale
+            # to its own spread, often far wider than the posterior's)
             self._build_discriminator(
                 key,
-                self.spec_factory(key, PairDiscriminator),
+                self.spec_factory(key, _whitened_pair_discriminator),
                 torch.cat([x, z], -1),
                 probe=lambda module: module(x.detach(), z.detach()),
             )
@@ -365,9 +373,7 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
             (x_real, z_real), (x_fake, z_fake) = sides["real"], sides["fake"]
             if not group.is_local:
                 self._check_data_varies(group, x_fake)
-            disc = self._discriminator(
-                group.key, torch.cat([x_real, x_fake]), torch.cat([z_real, z_fake])
-            )
+            disc = self._discriminator(group.key, x_real, z_real)
             real_logits = disc(x_real.detach(), z_real.detach())
             fake_logits = disc(x_fake.detach(), z_fake.detach())
             width = x_real.shape[-1]
@@ -394,6 +400,10 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
         return self._game_result(totals)._replace(
             log_weights=log_ratio_bounded, log_weights_unbounded=log_ratio
         )
+
+
+def _whitened_pair_discriminator(hidden_dims, activation):
+    return PairDiscriminator(hidden_dims, activation, standardize_input="joint")
 
 
 def _is_global(site):
