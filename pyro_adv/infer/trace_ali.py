@@ -293,7 +293,7 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
         self._global_data = fingerprint
 
     # ----------------------------------------------------------------- players
-    def _discriminator(self, key, x, z):
+    def _discriminator(self, key, x, z, others=None):
         key = module_key(key)
         if key not in self.discriminators:
             # lazily sized; the input whitening comes from this batch (the simulated
@@ -304,6 +304,7 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
                 self.spec_factory(key, _whitened_pair_discriminator),
                 torch.cat([x, z], -1),
                 probe=lambda module: module(x.detach(), z.detach()),
+                others=None if others is None else others(),
             )
         return self.discriminator(key, None, None)
 
@@ -373,7 +374,10 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
             (x_real, z_real), (x_fake, z_fake) = sides["real"], sides["fake"]
             if not group.is_local:
                 self._check_data_varies(group, x_fake)
-            disc = self._discriminator(group.key, x_real, z_real)
+            # the simulated pairs fix the whitening; the guide's must be finite too
+            disc = self._discriminator(
+                group.key, x_real, z_real, lambda x=x_fake, z=z_fake: torch.cat([x, z], -1)
+            )
             real_logits = disc(x_real.detach(), z_real.detach())
             fake_logits = disc(x_fake.detach(), z_fake.detach())
             width = x_real.shape[-1]
