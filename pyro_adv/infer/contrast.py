@@ -9,6 +9,7 @@ import math
 import torch
 
 from pyro_adv.infer.util import join_features
+from pyro_adv.nn.mixture import kmeans_plus_plus
 
 __all__ = [
     "AdaptiveContrast",
@@ -122,18 +123,6 @@ class GaussianMixtureReference:
         """Forgets the fit: the next :meth:`fit` starts from k-means++ seeds."""
         self.params = None
 
-    def _seeds(self, x):
-        # k-means++ (Arthur and Vassilvitskii 2007), per context: spread-out starting means
-        n, B, _ = x.shape
-        rows = torch.arange(B, device=x.device)
-        means = x[torch.randint(n, (B,), device=x.device), rows].unsqueeze(1)  # (B, 1, d)
-        for _ in range(self.num_components - 1):
-            d2 = (x.unsqueeze(2) - means).pow(2).sum(-1).min(-1).values  # (n, B)
-            d2 = d2.T + 1e-12 * d2.T.amax(-1, keepdim=True).clamp_min(1e-30)
-            pick = torch.multinomial(d2, 1).squeeze(-1)
-            means = torch.cat([means, x[pick, rows].unsqueeze(1)], 1)
-        return means
-
     def fit(self, draws, warm=True):
         """
         Fits the mixture to ``draws`` of shape ``(n, d)``, or one mixture per context
@@ -155,7 +144,7 @@ class GaussianMixtureReference:
         if not warm or params is None or params[1].shape != shape or params[1].dtype != x.dtype:
             params = (
                 torch.full((B, K), -math.log(K), dtype=x.dtype, device=x.device),
-                self._seeds(x),
+                kmeans_plus_plus(x, K),
                 torch.diag_embed(variance.sqrt().expand(shape)),
             )
             params_full = False

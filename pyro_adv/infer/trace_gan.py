@@ -353,6 +353,8 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
     # ----------------------------------------------------------------- players
     def _losses(self, model, guide, args, kwargs):
         real_trace, fake_trace = self._traces(model, guide, args, kwargs)
+        if _place_mixture_components(real_trace, fake_trace):
+            real_trace, fake_trace = self._traces(model, guide, args, kwargs)
         groups = self._groups(real_trace, fake_trace)
         self._check_latents(fake_trace)
         if isinstance(self.discriminator_spec, nn.Module) and len(groups) > 1:
@@ -378,3 +380,26 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
             g_loss = self.divergence.generator_loss(self.frozen(disc)(fake))
             self._game_add(totals, real_logits, fake_logits, group_penalty, g_loss)
         return self._game_result(totals)
+
+
+def _place_mixture_components(real_trace, fake_trace):
+    """
+    Places each fresh mixture generator's components on its observed site's data
+    (:meth:`~pyro_adv.nn.MLPGenerator.place_components`); whether any moved.
+    """
+    placed = False
+    for name, site in fake_trace.nodes.items():
+        real = real_trace.nodes.get(name)
+        if site["type"] != "sample" or real is None or not real["is_observed"]:
+            continue
+        generator = getattr(unwrap(site["fn"])[0], "generator", None)
+        if not getattr(generator, "component_placement_pending", False):
+            continue
+        data = real["value"]
+        if data.shape[-1:] != (generator.output_dim,) or data[..., 0].numel() < (
+            generator.num_components
+        ):
+            continue
+        generator.place_components(data.reshape(-1, generator.output_dim))
+        placed = True
+    return placed

@@ -6,7 +6,7 @@ from torch import nn
 
 from pyro_adv.distributions.implicit import ImplicitDistribution
 from pyro_adv.nn.averaging import averaged_value, raw_weights
-from pyro_adv.nn.mixture import MixtureMLP, component_index
+from pyro_adv.nn.mixture import MixtureMLP, component_index, kmeans
 from pyro_adv.nn.mlp import MLP
 
 __all__ = ["MLPGenerator", "ImplicitEncoder"]
@@ -37,6 +37,10 @@ class MLPGenerator(MLP):
         generated points between them (see :doc:`/guide/modes`).
     :param float component_spread: sd of the components' starting output offsets
         (antithetic pairs), in output units.
+    :param str component_init: ``"data"`` (default): :class:`~pyro_adv.infer.Trace_GAN`
+        moves the components onto k-means centres of the first batch of data before
+        the first step (:meth:`place_components`); ``"spread"``: keep the random
+        starting offsets.
     """
 
     use_averages = True
@@ -49,7 +53,12 @@ class MLPGenerator(MLP):
         activation="elu",
         num_components=1,
         component_spread=1.0,
+        component_init="data",
     ):
+        if component_init not in ("data", "spread"):
+            raise ValueError(
+                f"MLPGenerator: component_init must be 'data' or 'spread', got {component_init!r}"
+            )
         if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
             raise ValueError(
                 f"MLPGenerator: noise_dim must be a positive integer, got {noise_dim!r}"
@@ -73,6 +82,56 @@ class MLPGenerator(MLP):
             self.offsets = nn.Parameter(offsets.to(self.net[0].weight))
         else:
             self.offsets = None
+        # placed once, on fresh offsets only: a generator whose offsets came back from a
+        # checkpoint or the param store keeps them (see place_components)
+        self._initial_offsets = None
+        if num_components > 1 and component_init == "data":
+            self._initial_offsets = self.offsets.detach().clone()
+
+    @property
+    def component_placement_pending(self):
+        """Whether :meth:`place_components` would still move the offsets (fresh, ``"data"``)."""
+        if self._initial_offsets is None:
+            return False
+        if not torch.equal(self.offsets.detach().cpu(), self._initial_offsets.cpu()):
+            self._initial_offsets = None  # trained or loaded: never placed again
+            return False
+        return True
+
+    @torch.no_grad()
+    def place_components(self, data, num_draws=4096):
+        r"""
+        Data-dependent initialization of a mixture generator: centres
+        :math:`c_1..c_K` of :math:`K`-means on ``data`` (k-means++ seeds, Lloyd's
+        iterations), then each component's offset set to
+        :math:`o_k = c_k - \bar G_k`, where :math:`\bar G_k` is the mean output of
+        component :math:`k` without its offset, so each component starts centred on
+        a cluster of the data. Separated modes then need no component to cross a
+        gap during training, which gradient descent rarely does (Salmona et al.
+        2022). :class:`~pyro_adv.infer.Trace_GAN` calls this once, on the first
+        batch of each observed site a mixture generator simulates.
+
+        :param torch.Tensor data: shape ``(n, output_dim)``, ``n >= num_components``.
+        :param int num_draws: noise draws for :math:`\bar G_k`.
+        """
+        if self.num_components == 1:
+            return
+        data = data.detach().reshape(-1, self.output_dim).to(self.offsets)
+        if data.shape[0] < self.num_components:
+            raise ValueError(
+                f"MLPGenerator.place_components: {data.shape[0]} data rows cannot place "
+                f"{self.num_components} components"
+            )
+        centres = kmeans(data, self.num_components)
+        eps = self.noise(num_draws).sample()
+        k = self.component(eps)
+        code = nn.functional.one_hot(k, self.num_components).to(eps.dtype)
+        with raw_weights():
+            raw = MLP.forward(self, torch.cat([eps, code], -1))
+        sums = torch.zeros_like(centres).index_add_(0, k, raw)
+        counts = torch.bincount(k, minlength=self.num_components).unsqueeze(-1)
+        self.offsets.copy_(centres - sums / counts.clamp_min(1))
+        self._initial_offsets = None
 
     def component(self, eps):
         """The mixture component each noise row picks (its last coordinate's bin)."""

@@ -35,13 +35,53 @@ from torch import nn
 from pyro_adv.nn.averaging import averaged_value
 from pyro_adv.nn.mlp import MLP
 
-__all__ = ["MixtureMLP", "component_index"]
+__all__ = ["MixtureMLP", "component_index", "kmeans", "kmeans_plus_plus"]
 
 
 def component_index(u, num_components):
     r"""The component :math:`\lfloor K\,\Phi(u) \rfloor` picked by standard-normal noise ``u``."""
     p = 0.5 * torch.erfc(-u / math.sqrt(2.0))
     return (p * num_components).long().clamp_(0, num_components - 1)
+
+
+def kmeans_plus_plus(x, num_centres):
+    r"""
+    k-means++ seeds (Arthur and Vassilvitskii 2007): the first centre is a uniform
+    draw, each next one a draw with probability proportional to its squared distance
+    to the nearest centre so far, so the seeds spread over separated clusters.
+
+    :param torch.Tensor x: points, shape ``(n, B, d)``: ``B`` independent sets.
+    :param int num_centres: :math:`K`.
+    :returns: seeds, shape ``(B, K, d)``.
+    """
+    n, B, _ = x.shape
+    rows = torch.arange(B, device=x.device)
+    means = x[torch.randint(n, (B,), device=x.device), rows].unsqueeze(1)  # (B, 1, d)
+    for _ in range(num_centres - 1):
+        d2 = (x.unsqueeze(2) - means).pow(2).sum(-1).min(-1).values  # (n, B)
+        d2 = d2.T + 1e-12 * d2.T.amax(-1, keepdim=True).clamp_min(1e-30)
+        pick = torch.multinomial(d2, 1).squeeze(-1)
+        means = torch.cat([means, x[pick, rows].unsqueeze(1)], 1)
+    return means
+
+
+@torch.no_grad()
+def kmeans(x, num_centres, iterations=20):
+    r"""
+    The centres of :math:`K` clusters of the rows of ``x`` (shape ``(n, d)``), by
+    Lloyd's iterations from :func:`kmeans_plus_plus` seeds (a centre that loses all
+    its points stays where it is).
+
+    :returns: centres, shape ``(K, d)``.
+    """
+    x = x.detach()
+    centres = kmeans_plus_plus(x.unsqueeze(1), num_centres)[0]
+    for _ in range(iterations):
+        nearest = torch.cdist(x, centres).argmin(-1)
+        counts = torch.bincount(nearest, minlength=num_centres).unsqueeze(-1)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, x)
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+    return centres
 
 
 class MixtureMLP(nn.Module):

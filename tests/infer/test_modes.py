@@ -9,18 +9,21 @@ Issue 11, item 5: separated modes with small honest budgets.
   (``num_components=1``) the same 400-step run puts 0.00 on z > 0, so the test fails
   without the mechanism (at 600 steps 4 of 4 seeds gave 0.00 or 1.00); with one
   Gaussian as the reference (``contrast_components=1``) the modes' widths fail.
-* A GAN on four separated modes (sd 0.05 at the corners of a square of side 3): a
-  mixture generator (``MLPGenerator(num_components=4)``) covers all four, in equal
-  shares, with mostly high-quality points (measured: 4 modes, 76% high quality,
-  reverse KL 0.024). The same run with one component covers 2 modes with 29% high
-  quality (reverse KL 1.20), so the test fails without the mechanism.
+* A GAN on four separated modes (sd 0.05 at the corners of a square of side 3),
+  ``Trace_GAN``'s default optimizer: a mixture generator
+  (``MLPGenerator(num_components=4)``, its components placed on the first batch's
+  k-means centres) covers all four, in equal shares, with high-quality points
+  (measured: 4 modes, 94.6% high quality, reverse KL 0.0006). The same run with
+  random starting offsets (``component_init="spread"``) reaches 76% high quality
+  (reverse KL 0.024), and with one component 2 modes with 29% (reverse KL 1.20), so
+  the test fails without either part of the mechanism.
 """
 
 import pytest
 import torch
 from pyro.infer import SVI, Predictive
 
-from benchmarks.recipes import avb_default_adam, draw_guide, gan_adam, no_guide
+from benchmarks.recipes import avb_default_adam, draw_guide, no_guide
 from pyro_adv.diagnostics import mode_coverage
 from pyro_adv.infer import Trace_GAN, TraceAVB_ELBO
 from pyro_adv.infer.autoguide import AutoImplicit
@@ -76,7 +79,7 @@ def fit_corners(num_components, steps=600, seed=0):
     generator = MLPGenerator(2, 2, (64, 64), num_components=num_components)
     gan = gan_2d(generator)
     objective = Trace_GAN(discriminator=lambda key: Discriminator((64, 64)))
-    svi = SVI(gan, no_guide, gan_adam(1e-3, 4e-3, steps, decay=0.1), objective)
+    svi = SVI(gan, no_guide, objective.default_optim(steps), objective)
     for _ in range(steps):
         svi.step(data, batch_size=256)
     with torch.no_grad():
@@ -87,5 +90,5 @@ def fit_corners(num_components, steps=600, seed=0):
 def test_gan_mixture_generator_covers_every_mode():
     result = fit_corners(num_components=4)
     assert result.modes == 4, result
-    assert result.high_quality > 0.5, result
-    assert result.reverse_kl < 0.1, result
+    assert result.high_quality > 0.85, result
+    assert result.reverse_kl < 0.01, result

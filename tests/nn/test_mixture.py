@@ -15,6 +15,7 @@ from pyro_adv.models.gan_targets import (
     sample_ring,
 )
 from pyro_adv.nn import ImplicitEncoder, MixtureMLP, MLPGenerator, PackedDiscriminator
+from pyro_adv.nn.averaging import raw_weights
 from pyro_adv.nn.mixture import component_index
 
 
@@ -78,3 +79,83 @@ def test_mode_coverage_of_exact_and_collapsed_samples():
     assert collapsed.reverse_kl == pytest.approx(math.log(8))
     between = mode_coverage(torch.zeros(100, 2), ring_centres(), RING_SD)
     assert between.modes == 0 and between.high_quality == 0.0 and math.isnan(between.reverse_kl)
+
+
+CORNERS = torch.tensor([[-1.5, -1.5], [-1.5, 1.5], [1.5, -1.5], [1.5, 1.5]])
+
+
+def _corner_data(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return CORNERS[torch.randint(4, (n,), generator=g)] + 0.05 * torch.randn(n, 2, generator=g)
+
+
+def _matched_error(found, exact):
+    # every exact centre has its own found one: the largest distance of the best matching
+    distances = torch.cdist(exact, found)
+    assert len(set(distances.argmin(-1).tolist())) == len(exact), distances
+    return distances.min(-1).values.max().item()
+
+
+def test_kmeans_finds_separated_centres():
+    from pyro_adv.nn.mixture import kmeans
+
+    torch.manual_seed(0)
+    centres = kmeans(_corner_data(400), 4)
+    # exact centres up to the sampling error of ~100 points of sd 0.05 each
+    assert _matched_error(centres, CORNERS) < 0.03
+
+
+def test_mixture_generator_places_its_components_on_the_data():
+    torch.manual_seed(0)
+    generator = MLPGenerator(2, 2, (16,), num_components=4)
+
+    def component_means():
+        eps = torch.randn(8000, 2)
+        with torch.no_grad():
+            y, k = generator(eps), generator.component(eps)
+        return torch.stack([y[k == j].mean(0) for j in range(4)])
+
+    # before: the random offsets leave some corner without a component near it
+    assert torch.cdist(CORNERS, component_means()).min(-1).values.max() > 0.3
+    assert generator.component_placement_pending
+    generator.place_components(_corner_data(256))
+    assert not generator.component_placement_pending
+    assert _matched_error(component_means(), CORNERS) < 0.05
+    # a generator whose offsets were trained or loaded is never placed again
+    loaded = MLPGenerator(2, 2, (16,), num_components=4)
+    with torch.no_grad():
+        loaded.offsets.add_(0.1)
+    assert not loaded.component_placement_pending
+    assert not MLPGenerator(
+        2, 2, num_components=4, component_init="spread"
+    ).component_placement_pending
+    assert not MLPGenerator(2, 2).component_placement_pending
+    with pytest.raises(ValueError, match="component_init"):
+        MLPGenerator(2, 2, num_components=4, component_init="kmeans")
+    with pytest.raises(ValueError, match="cannot place"):
+        MLPGenerator(2, 2, num_components=4).place_components(torch.zeros(3, 2))
+
+
+def test_trace_gan_places_mixture_components_before_its_first_step():
+    import pyro
+    from pyro.infer import SVI
+
+    from pyro_adv.infer import Trace_GAN
+    from pyro_adv.models.gan_targets import gan_2d
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    generator = MLPGenerator(2, 2, (16,), num_components=4)
+    before = generator.offsets.detach().clone()
+    gan = gan_2d(generator)
+    objective = Trace_GAN()
+    svi = SVI(gan, lambda *a, **k: None, objective.default_optim(10), objective)
+    svi.step(_corner_data(2000), batch_size=128)
+    # placed on the first batch, then moved by one Adam step (<= lr = 1e-3 each)
+    eps = torch.randn(8000, 2)
+    with torch.no_grad(), raw_weights():
+        y, k = generator(eps), generator.component(eps)
+    means = torch.stack([y[k == j].mean(0) for j in range(4)])
+    assert _matched_error(means, CORNERS) < 0.05
+    assert (generator.offsets.detach() - before).abs().max() > 0.5
+    assert not generator.component_placement_pending
