@@ -329,14 +329,19 @@ def run(quick=False, seed=0, outdir=None):
     return rows, _markdown(rows, budget)
 
 
-def gan_rows(budget, seed=0):
-    """The GAN rows of the table (every target, method and seed) and the unimodal GAN cost."""
+def gan_rows(budget, seed=0, methods=None):
+    """
+    The GAN rows of the table (every target, method and seed) and, when every method
+    runs, the unimodal GAN cost.
+    """
     rows = [
         _gan(target, method, s, budget)
         for target in TARGETS
-        for method in GAN_METHODS
+        for method in methods or GAN_METHODS
         for s in range(seed, seed + budget["seeds"])
     ]
+    if methods:
+        return rows
     return rows + [_bivariate(k, seed, budget) for k in (1, 8)]
 
 
@@ -348,8 +353,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Table 9, one part at a time")
     parser.add_argument("--update", required=True, help="a modes.json whose rows to replace")
     parser.add_argument("--rows", choices=["avb", "gan"], default="avb")
+    parser.add_argument(
+        "--methods", help="with --rows gan: only these GAN methods, comma-separated"
+    )
     parser.add_argument("--suite", choices=["full", "quick"], default="full")
     args = parser.parse_args(argv)
+    methods = args.methods.split(",") if args.methods else None
+    if methods and not set(methods) <= set(GAN_METHODS):
+        parser.error(f"--methods must be among {list(GAN_METHODS)}")
     torch.set_num_threads(1)
     budget = BUDGETS[args.suite]
     with open(args.update) as f:
@@ -359,17 +370,33 @@ def main(argv=None):
         rows = kept + bimodal_rows(budget)
         what = f"The AVB rows were rerun alone ({budget['avb_seeds']} seeds)"
     else:
-        kept = [r for r in table["rows"] if r["table"] not in ("gan", "bivariate")]
-        rows = gan_rows(budget) + kept
+        replaced = ("gan",) if methods else ("gan", "bivariate")
+
+        def stays(row):
+            return row["table"] not in replaced or (methods and row["method"] not in methods)
+
+        fresh = gan_rows(budget, methods=methods)
+        # the table keeps its order: methods in GAN_METHODS order, per target
+        rows = sorted(
+            [r for r in table["rows"] if stays(r)] + fresh,
+            key=lambda r: (
+                r["table"] != "gan",
+                list(TARGETS).index(r["target"]) if r["table"] == "gan" else 0,
+                list(GAN_METHODS).index(r["method"]) if r["table"] == "gan" else 0,
+            ),
+        )
         what = (
-            f"The GAN rows were rerun alone ({budget['seeds']} seeds, "
-            f"{budget['gan_steps']} steps, Trace_GAN's default optimizer)"
+            f"The GAN rows ({', '.join(methods) if methods else 'all methods'}) were rerun "
+            f"alone ({budget['seeds']} seeds, {budget['gan_steps']} steps, Trace_GAN's "
+            "default optimizer)"
         )
     table["rows"] = rows
     table["markdown"] = _markdown(rows, budget)
     table["note"] = (
-        table.get("note", "") + f" {what}: python -m benchmarks.modes --update --rows {args.rows} "
-        f"({args.suite} budget)."
+        table.get("note", "")
+        + f" {what}: python -m benchmarks.modes --update --rows {args.rows}"
+        + (f" --methods '{args.methods}'" if args.methods else "")
+        + f" ({args.suite} budget)."
     ).strip()
     with open(args.update, "w") as f:
         json.dump(table, f, indent=2)

@@ -62,11 +62,12 @@ class DiscriminatorPlayers:
             return lambda: spec
         return lambda: spec(key)
 
-    def _build_discriminator(self, key, factory, example, probe=None):
+    def _build_discriminator(self, key, factory, example, probe=None, others=None):
         """
         Builds discriminator ``key`` from ``factory()``: ``module.initialize(example)``
         where it has one (lazy sizing and input standardization), else ``probe(module)``
-        or ``module(example)`` without gradient.
+        or ``module(example)`` without gradient. ``others``: inputs of the first step
+        that do not fix the standardization but must be finite too.
         """
         key = module_key(key)
         store = pyro.get_param_store()
@@ -87,7 +88,10 @@ class DiscriminatorPlayers:
             for name in stale:
                 del store[name]
         example = example.detach()
-        if not torch.isfinite(example).all():
+        finite = torch.isfinite(example).all()
+        if others is not None:
+            finite = finite & torch.isfinite(others.detach()).all()
+        if not finite:
             raise ValueError(
                 f"{type(self).__name__}: the first inputs of discriminator '{key}' are not "
                 f"finite{self._nonfinite_sites()}. Its input standardization would be "

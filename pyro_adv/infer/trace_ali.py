@@ -146,8 +146,14 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
         of running the model forward (``None``: fresh simulations every step). It
         may be replaced between steps.
     :param discriminator: ``None`` for a :class:`~pyro_adv.nn.PairDiscriminator`
-        per group, an ``nn.Module`` called as ``T(x, z)`` on rows (models with one
-        group), or a factory ``key -> nn.Module``.
+        per group whose input is **whitened** (``standardize_input="joint"``,
+        :func:`~pyro_adv.nn.mlp.joint_whitening`) with the statistics of the first
+        step's *simulated* pairs, an ``nn.Module`` called as ``T(x, z)`` on rows
+        (models with one group), or a factory ``key -> nn.Module``. Whitening
+        ``[x, z]`` in that order feeds the latents as their residuals after a linear
+        regression on ``x``, at the scale of the posterior rather than of the prior
+        (often many times wider); the simulated pairs fix it because they follow
+        the model's joint, which the untrained guide's pairs do not.
     :param callable context_transform: applied to the observed values the
         discriminator sees, on both sides (e.g. ``torch.log1p`` for positive
         heavy-tailed data); a bijection leaves the divergence unchanged.
@@ -287,15 +293,18 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
         self._global_data = fingerprint
 
     # ----------------------------------------------------------------- players
-    def _discriminator(self, key, x, z):
+    def _discriminator(self, key, x, z, others=None):
         key = module_key(key)
         if key not in self.discriminators:
-            # lazily sized; the input standardization comes from this batch
+            # lazily sized; the input whitening comes from this batch (the simulated
+            # pairs: the untrained guide's pairs would set the latents' residual scale
+            # to its own spread, often far wider than the posterior's)
             self._build_discriminator(
                 key,
-                self.spec_factory(key, PairDiscriminator),
+                self.spec_factory(key, _whitened_pair_discriminator),
                 torch.cat([x, z], -1),
                 probe=lambda module: module(x.detach(), z.detach()),
+                others=None if others is None else others(),
             )
         return self.discriminator(key, None, None)
 
@@ -365,8 +374,9 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
             (x_real, z_real), (x_fake, z_fake) = sides["real"], sides["fake"]
             if not group.is_local:
                 self._check_data_varies(group, x_fake)
+            # the simulated pairs fix the whitening; the guide's must be finite too
             disc = self._discriminator(
-                group.key, torch.cat([x_real, x_fake]), torch.cat([z_real, z_fake])
+                group.key, x_real, z_real, lambda x=x_fake, z=z_fake: torch.cat([x, z], -1)
             )
             real_logits = disc(x_real.detach(), z_real.detach())
             fake_logits = disc(x_fake.detach(), z_fake.detach())
@@ -394,6 +404,10 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
         return self._game_result(totals)._replace(
             log_weights=log_ratio_bounded, log_weights_unbounded=log_ratio
         )
+
+
+def _whitened_pair_discriminator(hidden_dims, activation):
+    return PairDiscriminator(hidden_dims, activation, standardize_input="joint")
 
 
 def _is_global(site):

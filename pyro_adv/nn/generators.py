@@ -102,14 +102,16 @@ class MLPGenerator(MLP):
     def place_components(self, data, num_draws=4096):
         r"""
         Data-dependent initialization of a mixture generator: centres
-        :math:`c_1..c_K` of :math:`K`-means on ``data`` (k-means++ seeds, Lloyd's
-        iterations), then each component's offset set to
+        :math:`c_1..c_K` of :math:`K`-means on ``data`` (k-means++ seeds, the best of
+        10 Lloyd runs), then each component's offset set to
         :math:`o_k = c_k - \bar G_k`, where :math:`\bar G_k` is the mean output of
         component :math:`k` without its offset, so each component starts centred on
         a cluster of the data. Separated modes then need no component to cross a
         gap during training, which gradient descent rarely does (Salmona et al.
         2022). :class:`~pyro_adv.infer.Trace_GAN` calls this once, on the first
-        batch of each observed site a mixture generator simulates.
+        batch of each observed site a mixture generator simulates. (Also matching
+        each cluster's width, by per-component or shared output scales, measured
+        worse on the 25-Gaussian grid: see :doc:`/guide/modes`.)
 
         :param torch.Tensor data: shape ``(n, output_dim)``, ``n >= num_components``.
         :param int num_draws: noise draws for :math:`\bar G_k`.

@@ -66,22 +66,28 @@ def kmeans_plus_plus(x, num_centres):
 
 
 @torch.no_grad()
-def kmeans(x, num_centres, iterations=20):
+def kmeans(x, num_centres, iterations=20, restarts=10):
     r"""
     The centres of :math:`K` clusters of the rows of ``x`` (shape ``(n, d)``), by
     Lloyd's iterations from :func:`kmeans_plus_plus` seeds (a centre that loses all
-    its points stays where it is).
+    its points stays where it is); of ``restarts`` runs, batched, the one with the
+    least within-cluster sum of squares (as scikit-learn's ``n_init``), since a single
+    run can settle with two centres on one cluster and one between two.
 
     :returns: centres, shape ``(K, d)``.
     """
     x = x.detach()
-    centres = kmeans_plus_plus(x.unsqueeze(1), num_centres)[0]
+    runs = x.unsqueeze(1).expand(-1, restarts, -1)  # (n, R, d)
+    centres = kmeans_plus_plus(runs, num_centres)  # (R, K, d)
+    xr = runs.transpose(0, 1)  # (R, n, d)
     for _ in range(iterations):
-        nearest = torch.cdist(x, centres).argmin(-1)
-        counts = torch.bincount(nearest, minlength=num_centres).unsqueeze(-1)
-        sums = torch.zeros_like(centres).index_add_(0, nearest, x)
+        nearest = torch.cdist(xr, centres).argmin(-1)  # (R, n)
+        counts = torch.zeros(restarts, num_centres, 1, dtype=x.dtype, device=x.device)
+        counts.scatter_add_(1, nearest.unsqueeze(-1), torch.ones_like(xr[..., :1]))
+        sums = torch.zeros_like(centres).scatter_add_(1, nearest.unsqueeze(-1).expand_as(xr), xr)
         centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-    return centres
+    inertia = torch.cdist(xr, centres).min(-1).values.pow(2).sum(-1)
+    return centres[inertia.argmin()]
 
 
 class MixtureMLP(nn.Module):

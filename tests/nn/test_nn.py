@@ -42,3 +42,45 @@ def test_generator_distribution_and_activation_errors():
     assert g.distribution(5).rsample().shape == (5, 3)
     with pytest.raises(ValueError, match="unknown activation"):
         MLP(2, 2, activation="nope")
+
+
+def test_joint_whitening_of_a_known_gaussian():
+    # [x, z] with x = A z + noise: W is lower-triangular with a positive diagonal, the
+    # whitened pairs have identity covariance up to the jitter eps (exactly I - eps W W^T:
+    # the map is fixed on these rows), and the z rows are z's residuals given x
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 2, generator=g, dtype=torch.float64) * torch.tensor([2.0, 0.5])
+    a = torch.tensor([[1.0, 2.0, 0.5], [0.3, -1.0, 1.0]], dtype=torch.float64)
+    x = z @ a + 0.3 * torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    d = PairDiscriminator(hidden_dims=(8,), standardize_input="joint")
+    d(x, z)
+    w = d.input_whitener
+    assert w.shape == (5, 5) and torch.equal(w, w.tril()) and (w.diagonal() > 0).all()
+    u = ((torch.cat([x, z], -1) - d.input_loc) / d.input_scale) @ w.mT
+    assert torch.allclose(torch.cov(u.mT), torch.eye(5, dtype=u.dtype) - 1e-4 * w @ w.mT)
+    # exact: W D^{-1} (the map on centred raw pairs) is the inverse Cholesky factor of
+    # the pairs' population covariance, to sampling error: the z rows are z minus its
+    # linear regression on x, in units of the conditional covariance's factor
+    cov_z = torch.diag(torch.tensor([4.0, 0.25], dtype=torch.float64))
+    cov_x = a.mT @ cov_z @ a + 0.09 * torch.eye(3, dtype=torch.float64)
+    joint = torch.cat([torch.cat([cov_x, a.mT @ cov_z], 1), torch.cat([cov_z @ a, cov_z], 1)])
+    exact = torch.linalg.inv(torch.linalg.cholesky(joint))
+    got = w / d.input_scale  # W D^{-1}: the map on centred raw pairs
+    assert torch.allclose(got, exact, rtol=0.05, atol=0.05)
+
+
+def test_joint_whitening_degenerate_inputs():
+    from pyro_adv.nn.mlp import joint_whitening
+
+    # a duplicated and a constant coordinate: finite, amplification bounded by the jitter
+    x = torch.randn(200, 2)
+    x = torch.cat([x, x[:, :1], torch.zeros(200, 1)], -1)
+    d = PairDiscriminator(hidden_dims=(8,), standardize_input="joint")
+    out = d(x[:, :2], x[:, 2:])
+    assert torch.isfinite(out).all() and torch.isfinite(d.input_whitener).all()
+    assert d.input_whitener.abs().max() < 200
+    # too few rows for a covariance, or one feature: the diagonal standardization
+    assert joint_whitening(torch.randn(7, 3)) is None
+    assert joint_whitening(torch.randn(50, 1)) is None
+    with pytest.raises(ValueError, match="standardize_input"):
+        MLP(None, 1, standardize_input="full")
