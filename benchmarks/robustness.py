@@ -17,9 +17,9 @@ generator (``pyro_adv.models.random_families``) that no test was tuned on:
   amortized ``TraceAVB_ELBO()`` (fresh prior-predictive batches, likelihood), checked
   at 3 observations from the prior predictive against the exact posterior at each;
 * ``exponential_avb``: the thesis's exponential model with an amortized
-  ``ImplicitEncoder(1, 2)`` and ``TraceAVB_ELBO()`` on fresh batches of observations
-  spread over the range where it is queried
-  (:func:`~pyro_adv.models.sample_training_observations`, [0, 40]), checked at the
+  ``ImplicitEncoder(1, 2)`` and ``TraceAVB_ELBO()`` on 4,096 observations spread over
+  the range where it is queried (:func:`~pyro_adv.models.sample_training_observations`,
+  [0, 40]; drawn once per seed, minibatches of 32, as the README trains), checked at the
   headline x = 1 and 30 and at 3 x drawn across [0.2, 40].
 
 Seed ``s`` is both the task's seed (the family's draw) and Pyro's seed. A task passes

@@ -86,14 +86,14 @@ class MLPGenerator(MLP):
         # checkpoint or the param store keeps them (see place_components)
         self._initial_offsets = None
         if num_components > 1 and component_init == "data":
-            self._initial_offsets = self.offsets.detach().clone()
+            self._initial_offsets = self.offsets.detach().cpu().clone()
 
     @property
     def component_placement_pending(self):
         """Whether :meth:`place_components` would still move the offsets (fresh, ``"data"``)."""
         if self._initial_offsets is None:
             return False
-        if not torch.equal(self.offsets.detach().cpu(), self._initial_offsets.cpu()):
+        if not torch.equal(self.offsets.detach().cpu(), self._initial_offsets):
             self._initial_offsets = None  # trained or loaded: never placed again
             return False
         return True
