@@ -346,6 +346,7 @@ class ImplicitEncoder(nn.Module):
         return True
 
     def _transform_context(self, context):
+        # one home for what the network and the regression base read
         dtype = self.base_loc.dtype
         if context.dtype != dtype:
             context = context.to(dtype)
@@ -388,9 +389,7 @@ class ImplicitEncoder(nn.Module):
         return self._generate(context, noise)
 
     def _generate(self, context, noise):
-        if self.context_transform is not None:
-            context = self.context_transform(context)
-        transformed = context
+        context = transformed = self._transform_context(context)
         if self.standardize_context:
             if not self._context_ready():
                 self._initialize_context(context)
