@@ -197,7 +197,10 @@ class ImplicitEncoder(nn.Module):
     the first call on a representative batch (the first training step does).
     Outside training the encoder samples with the weight average its objective
     keeps (:mod:`pyro_adv.nn.averaging`); set ``use_averages = False`` for the
-    raw weights.
+    raw weights. :class:`~pyro_adv.infer.Trace_ALI` also gives the encoder a
+    **regression base** before its first step (:meth:`fit_regression_base`): the
+    network then outputs the latents in units of the residual spread of a linear
+    regression on ``x``, around that regression's prediction.
 
     :param int input_dim: width of the context ``x``.
     :param int latent_dim: width of ``z``.
