@@ -160,7 +160,8 @@ def fit_regression_bases(guide_trace, model_trace, real_nodes, latents, observed
     passes it), the simulated values of that site are the contexts and the
     simulated latents, mapped to the unconstrained space of the site's support,
     the targets. An encoder whose context is anything else (a summary, a
-    transformed copy) is left as it is.
+    transformed copy), or whose model has parameters being trained (full ALI: the
+    first simulations come from an untrained decoder), is left as it is.
 
     :returns: whether any encoder changed (the guide's draws of this step are stale).
     :rtype: bool
@@ -178,7 +179,12 @@ def fit_regression_bases(guide_trace, model_trace, real_nodes, latents, observed
                 data.reshape(context.shape).to(context.dtype), context
             ):
                 continue
-            x = real_nodes.nodes[obs]["value"].reshape(-1, encoder.input_dim)
+            simulated = real_nodes.nodes[obs]["value"]
+            if simulated.requires_grad:
+                # the model is being trained (full ALI): its first simulations would
+                # fix the base on an untrained decoder
+                break
+            x = simulated.reshape(-1, encoder.input_dim)
             # in the unconstrained space the encoder draws in (a guide maps its draws
             # onto the support with biject_to, as AutoImplicit and the sbi tasks do)
             z = biject_to(guide_trace.nodes[name]["fn"].support).inv(

@@ -321,7 +321,9 @@ class ImplicitEncoder(nn.Module):
         directions 20-45% too narrow and the mean 0.3 sd off on half the seeds).
         :class:`~pyro_adv.infer.Trace_ALI` calls this once, on its first step's
         simulated pairs, when the encoder's context is an observed site's value
-        (as :func:`~pyro_adv.infer.autoguide.amortized_guide` passes it).
+        (as :func:`~pyro_adv.infer.autoguide.amortized_guide` passes it) and the
+        model has no parameters being trained (a decoder's first simulations would
+        fix the base on an untrained model).
 
         :param torch.Tensor context: contexts of the simulated data, shape ``(n, input_dim)``.
         :param torch.Tensor z: their latents, shape ``(n, latent_dim)``.

@@ -107,3 +107,26 @@ def test_context_that_is_not_an_observed_value_is_left_alone():
 def test_mixture_encoders_keep_their_offsets_in_output_units():
     assert not ImplicitEncoder(2, 2, num_components=2).regression_base_pending
     assert ImplicitEncoder(2, 2, num_components=2, regression_base=True).regression_base_pending
+
+
+def test_no_base_when_the_model_is_being_trained():
+    # full ALI: a decoder with parameters, whose first simulations would fix the base
+    # on an untrained model; the encoder is left as it is
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    decoder = torch.nn.Linear(2, 3)
+    encoder = ImplicitEncoder(3, 2, hidden_dims=(8,))
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", pyro.distributions.Normal(decoder(z), 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", encoder(x))
+
+    SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ALI()).step(torch.randn(512, 3))
+    assert encoder.regression_base_pending
