@@ -184,14 +184,12 @@ def fit_regression_bases(guide_trace, model_trace, real_nodes, latents, observed
                 # the model is being trained (full ALI): its first simulations would
                 # fix the base on an untrained decoder
                 break
-            x = simulated.reshape(-1, encoder.input_dim)
             # in the unconstrained space the encoder draws in (a guide maps its draws
             # onto the support with biject_to, as AutoImplicit and the sbi tasks do)
             z = biject_to(guide_trace.nodes[name]["fn"].support).inv(
                 real_nodes.nodes[name]["value"]
             )
-            z = z.reshape(-1, encoder.latent_dim)
-            if x.shape[0] == z.shape[0]:
-                changed |= encoder.fit_regression_base(x, z)
+            # fit_regression_base takes rows and refuses mismatched or too few of them
+            changed |= encoder.fit_regression_base(simulated, z)
             break
     return changed

@@ -294,9 +294,19 @@ class ImplicitEncoder(nn.Module):
         return self.regression_base and not self._base_ready()
 
     def _base_ready(self):
-        if not self.__dict__.get("_base", False):
-            self.__dict__["_base"] = bool(self.base_fitted)
-        return self.__dict__["_base"]
+        return self._buffer_flag("base_fitted")
+
+    def _buffer_flag(self, name):
+        # a boolean buffer read once (a device read), then remembered in Python until
+        # a state is loaded; only True is remembered
+        flags = self.__dict__.setdefault("_flags", {})
+        if not flags.get(name, False):
+            flags[name] = bool(getattr(self, name))
+        return flags[name]
+
+    def _set_buffer_flag(self, name):
+        getattr(self, name).fill_(True)
+        self.__dict__.setdefault("_flags", {})[name] = True
 
     @torch.no_grad()
     def fit_regression_base(self, context, z, rows_per_coefficient=4, jitter=1e-6):
@@ -344,18 +354,13 @@ class ImplicitEncoder(nn.Module):
         residual = z.double() - design @ coef
         covariance = residual.mT @ residual / max(n - design.shape[1], 1)
         scale = covariance.diagonal().clamp_min(1e-30)
-        tril, info = torch.linalg.cholesky_ex(
-            covariance
-            + jitter * torch.diag(scale)
-            + 1e-30 * torch.eye(self.latent_dim, dtype=scale.dtype, device=scale.device)
-        )
+        tril, info = torch.linalg.cholesky_ex(covariance + jitter * torch.diag(scale))
         if info.item() != 0 or not torch.isfinite(tril).all():
             return False
         self.base_loc.copy_(coef[0])
         self.base_coef.copy_(coef[1:].mT)
         self.base_scale_tril.copy_(tril)
-        self.base_fitted.fill_(True)
-        self.__dict__["_base"] = True
+        self._set_buffer_flag("base_fitted")
         return True
 
     def _transform_context(self, context):
@@ -368,14 +373,10 @@ class ImplicitEncoder(nn.Module):
         return context
 
     def _context_ready(self):
-        # the buffer read once (a device read), then remembered until a state is loaded
-        if not self.__dict__.get("_ready", False):
-            self.__dict__["_ready"] = bool(self.context_initialized)
-        return self.__dict__["_ready"]
+        return self._buffer_flag("context_initialized")
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self.__dict__["_ready"] = False  # the loaded buffer decides again
-        self.__dict__["_base"] = False
+        self.__dict__["_flags"] = {}  # the loaded buffers decide again
         return super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
@@ -391,8 +392,7 @@ class ImplicitEncoder(nn.Module):
         scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
         self.context_loc.copy_(loc)
         self.context_log_scale.copy_(scale.log())
-        self.context_initialized.fill_(True)
-        self.__dict__["_ready"] = True
+        self._set_buffer_flag("context_initialized")
 
     def generate(self, context, noise):
         """``G(x, eps)`` for broadcastable ``context`` and ``noise``."""
