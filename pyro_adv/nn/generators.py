@@ -11,6 +11,18 @@ from pyro_adv.nn.mlp import MLP
 
 __all__ = ["MLPGenerator", "ImplicitEncoder"]
 
+#: ``log_context="auto"`` takes the log of a non-negative context column whose first
+#: batch's largest value exceeds ``LOG_CONTEXT_RATIO`` times its ``LOG_CONTEXT_QUANTILE``
+#: quantile: at least a fifth of the batch lies below a tenth of its maximum, so the
+#: column spans more than a decade and a mean/sd standardization would squeeze that
+#: fifth into a sliver of input units. Measured on 20,000 batches each
+#: (/work/runs/ctx/detect_sim4.py): a Gaussian column (any mean) triggers it in at
+#: most 0.5% of batches of 16, 0.03% of 32 and none of 64 or more (only batches that
+#: happen to be non-negative can); a uniform column on [0, a] in 5.8% / 2.3% / 0.4% /
+#: 0% of batches of 16 / 32 / 64 / 256; an exponential one in 65% / 87% / 98% / 100%.
+LOG_CONTEXT_RATIO = 10.0
+LOG_CONTEXT_QUANTILE = 0.2
+
 
 class MLPGenerator(MLP):
     r"""
@@ -195,6 +207,19 @@ class ImplicitEncoder(nn.Module):
     initialization of two trained parameters, ``context_loc`` and
     ``context_log_scale``), so raw observations of any scale can be fed; make
     the first call on a representative batch (the first training step does).
+    Before that, a non-negative column that spans more than a decade (at least a
+    fifth of the first batch below a tenth of its maximum, as the exponential
+    model's ``x`` do) is put on a log scale, ``asinh(x / m)`` with ``m`` that
+    batch's 20% quantile of the column's positive values (``log_context="auto"``):
+    standardizing such a column by its sd squeezes its small values, where the
+    posterior may change fastest, into a sliver of input units (amortized AVB on the
+    exponential model with 4,096 observations over [0, 40]: 7/10 seeds in
+    tolerance without it, sd|z| 13-15% wide at x < 3). Gaussian-like columns are
+    never transformed (a Gaussian batch of 16 triggers it at most 0.5% of the time,
+    of 64 or more never). ``asinh`` is a log for ``x >> m``, linear near 0 and
+    defined for any ``x``, so a query below the training range gets no NaN. The
+    decisions and scales are buffers (``context_log_mask``, ``context_log_unit``),
+    saved with the ``state_dict``; a loaded encoder does not decide again.
     Outside training the encoder samples with the weight average its objective
     keeps (:mod:`pyro_adv.nn.averaging`); set ``use_averages = False`` for the
     raw weights.
@@ -205,7 +230,11 @@ class ImplicitEncoder(nn.Module):
     :param tuple hidden_dims: widths of the hidden layers.
     :param activation: hidden activation.
     :param callable context_transform: applied to the context before the network
-        (e.g. ``torch.log1p`` for positive data spanning several scales).
+        (e.g. ``torch.log1p``); when given, it replaces the automatic log
+        (``log_context`` must then be ``"auto"`` or ``False``).
+    :param log_context: ``"auto"`` (default): the first batch decides, per column,
+        whether to take ``asinh(x / m)`` (above); ``True``: every column (each must
+        be non-negative in the first batch); ``False``: none.
     :param bool standardize_context: standardize the (transformed) context with
         first-batch statistics.
     :param int num_components: ``K > 1``: a mixture of ``K`` networks picked per draw
@@ -227,6 +256,7 @@ class ImplicitEncoder(nn.Module):
         standardize_context=True,
         num_components=1,
         component_spread=1.0,
+        log_context="auto",
     ):
         super().__init__()
         if input_dim < 1 or latent_dim < 1:
@@ -245,8 +275,23 @@ class ImplicitEncoder(nn.Module):
             raise ValueError(
                 f"ImplicitEncoder: noise_dim must be a positive integer, got {noise_dim!r}"
             )
+        if context_transform is not None and not callable(context_transform):
+            raise ValueError(
+                f"ImplicitEncoder: context_transform must be callable, got {context_transform!r}"
+            )
+        if not (log_context == "auto" or log_context is True or log_context is False):
+            raise ValueError(
+                f'ImplicitEncoder: log_context must be "auto", True or False, got {log_context!r}'
+            )
+        if context_transform is not None and log_context is True:
+            raise ValueError(
+                "ImplicitEncoder: context_transform and log_context=True both transform "
+                "the context; give one (a context_transform replaces the automatic log)"
+            )
         self.context_transform = context_transform
         self.standardize_context = standardize_context
+        # the user's transform takes precedence over the automatic log
+        self.log_context = False if context_transform is not None else log_context
         self.num_components = num_components
         if num_components == 1:
             self.net = MLP(input_dim + self.noise_dim, latent_dim, hidden_dims, activation)
@@ -264,18 +309,62 @@ class ImplicitEncoder(nn.Module):
         if standardize_context:
             self.context_loc = nn.Parameter(torch.zeros(input_dim))
             self.context_log_scale = nn.Parameter(torch.zeros(input_dim))
+        if self.log_context is not False:
+            # which columns the first batch put on a log scale, and their units m
+            self.register_buffer("context_log_mask", torch.zeros(input_dim, dtype=torch.bool))
+            self.register_buffer("context_log_unit", torch.ones(input_dim))
+        if standardize_context or self.log_context is not False:
             # whether the first batch has fixed them (a buffer: saved with state_dict)
             self.register_buffer("context_initialized", torch.tensor(False))
 
     def _context_ready(self):
-        # the buffer read once (a device read), then remembered until a state is loaded
+        # the buffers read once (a device read), then remembered until a state is loaded
         if not self.__dict__.get("_ready", False):
             self.__dict__["_ready"] = bool(self.context_initialized)
+            self.__dict__["_log_any"] = self.log_context is not False and bool(
+                self.context_log_mask.any()
+            )
         return self.__dict__["_ready"]
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.__dict__["_ready"] = False  # the loaded buffer decides again
-        return super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.__dict__["_ready"] = False  # the loaded buffers decide again
+        if self.log_context is not False and prefix + "context_log_mask" not in state_dict:
+            # a state saved before the automatic log existed: its encoder took no log
+            state_dict[prefix + "context_log_mask"] = torch.zeros_like(self.context_log_mask)
+            state_dict[prefix + "context_log_unit"] = torch.ones_like(self.context_log_unit)
+            state_dict.setdefault(prefix + "context_initialized", torch.tensor(True))
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def _decide_log(self, flat):
+        # per column: non-negative, and its maximum above LOG_CONTEXT_RATIO times its
+        # LOG_CONTEXT_QUANTILE quantile (a fifth of the batch below a tenth of the maximum)
+        low = torch.quantile(flat, LOG_CONTEXT_QUANTILE, dim=0)
+        lowest, highest = flat.min(0).values, flat.max(0).values
+        nonnegative = lowest >= 0
+        if self.log_context is True:
+            if not bool(nonnegative.all()):
+                bad = [i for i, ok in enumerate(nonnegative.tolist()) if not ok]
+                raise ValueError(
+                    f"ImplicitEncoder: log_context=True needs non-negative context "
+                    f"columns, but column(s) {bad} of the first batch have negative values"
+                )
+            mask = highest > 0
+        else:
+            mask = nonnegative & (highest > LOG_CONTEXT_RATIO * low)
+        # m: the quantile of the column's positive values (zeros would make it 0)
+        positive = torch.where(flat > 0, flat, torch.full_like(flat, float("nan")))
+        unit = torch.nanquantile(positive, LOG_CONTEXT_QUANTILE, dim=0)
+        unit = torch.where(mask & (unit > 0), unit, torch.ones_like(unit))
+        self.context_log_mask.copy_(mask)
+        self.context_log_unit.copy_(unit)
+        self.__dict__["_log_any"] = bool(mask.any())
+
+    def _log_transform(self, context):
+        if not self.__dict__.get("_log_any", False):
+            return context
+        unit = self.context_log_unit
+        return torch.where(self.context_log_mask, torch.asinh(context / unit), context)
 
     @torch.no_grad()
     def _initialize_context(self, context):
@@ -285,6 +374,13 @@ class ImplicitEncoder(nn.Module):
                 "ImplicitEncoder: the first context batch, which fixes the context "
                 "standardization, has NaN or inf values"
             )
+        if self.log_context is not False:
+            self._decide_log(flat)
+            flat = self._log_transform(flat)
+        if not self.standardize_context:
+            self.context_initialized.fill_(True)
+            self.__dict__["_ready"] = True
+            return
         loc = flat.mean(0)
         scale = flat.std(0) if flat.shape[0] > 1 else torch.ones_like(loc)
         scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
@@ -303,9 +399,11 @@ class ImplicitEncoder(nn.Module):
     def _generate(self, context, noise):
         if self.context_transform is not None:
             context = self.context_transform(context)
-        if self.standardize_context:
+        if self.standardize_context or self.log_context is not False:
             if not self._context_ready():
                 self._initialize_context(context)
+            context = self._log_transform(context)
+        if self.standardize_context:
             loc = averaged_value(self.context_loc)
             log_scale = averaged_value(self.context_log_scale)
             context = (context - loc) * torch.exp(-log_scale)
@@ -316,7 +414,7 @@ class ImplicitEncoder(nn.Module):
         )
         return self.net(inputs)
 
-    def forward(self, context):
+    def _check_context(self, context):
         if not torch.is_tensor(context) or context.dim() < 1:
             raise ValueError(
                 "ImplicitEncoder expects a context tensor of shape batch_shape + "
@@ -332,7 +430,35 @@ class ImplicitEncoder(nn.Module):
         if context.dtype != dtype:
             # integer counts or float64 data: the network's dtype, not a matmul error
             context = context.to(dtype)
-        if self.standardize_context and not self._context_ready():
+        return context
+
+    def initialize_context(self, context, max_rows=4096):
+        """
+        Fixes the context preprocessing (the automatic log and the standardization)
+        from ``context`` unless it is already fixed; the first call does it otherwise.
+        :func:`~pyro_adv.infer.autoguide.amortized_guide` calls it with the whole
+        data set, so a minibatch of 32 does not decide alone.
+
+        :param torch.Tensor context: observations, shape ``(N, input_dim)``.
+        :param int max_rows: at most this many rows are used, evenly strided.
+        """
+        if not (self.standardize_context or self.log_context is not False):
+            return
+        if self._context_ready():
+            return
+        context = self._check_context(context)
+        flat = context.reshape(-1, self.input_dim)
+        stride = -(-flat.shape[0] // max_rows)
+        flat = flat[::stride]
+        if self.context_transform is not None:
+            flat = self.context_transform(flat)
+        self._initialize_context(flat)
+
+    def forward(self, context):
+        context = self._check_context(context)
+        if (self.standardize_context or self.log_context is not False) and not (
+            self._context_ready()
+        ):
             first = context if self.context_transform is None else self.context_transform(context)
             self._initialize_context(first)
         batch_shape = context.shape[:-1]

@@ -54,6 +54,11 @@ def amortized_guide(encoder, latent="z", plate="data", data="x", name="encoder")
                 f"{data}=; got {x!r}"
             )
         pyro.module(name, encoder)
+        initialize = getattr(encoder, "initialize_context", None)
+        if initialize is not None:
+            # the whole data set, not the first minibatch, fixes the context
+            # preprocessing (a no-op once fixed)
+            initialize(x.reshape(x.shape[0], -1))
         with pyro.plate(plate, x.shape[0], subsample_size=subsample_size) as idx:
             rows = x.index_select(0, idx.to(x.device))
             pyro.sample(latent, encoder(rows.reshape(rows.shape[0], -1)))
