@@ -218,7 +218,7 @@ class ImplicitEncoder(nn.Module):
     never transformed (a Gaussian batch of 16 triggers it at most 0.5% of the time,
     of 64 or more never). ``asinh`` is a log for ``x >> m``, linear near 0 and
     defined for any ``x``, so a query below the training range gets no NaN. The
-    decisions and scales are buffers (``context_log_mask``, ``context_log_unit``),
+    decisions and scales are buffers (``log_context_mask``, ``log_context_unit``),
     saved with the ``state_dict``; a loaded encoder does not decide again.
     Outside training the encoder samples with the weight average its objective
     keeps (:mod:`pyro_adv.nn.averaging`); set ``use_averages = False`` for the
@@ -311,8 +311,8 @@ class ImplicitEncoder(nn.Module):
             self.context_log_scale = nn.Parameter(torch.zeros(input_dim))
         if self.log_context is not False:
             # which columns the first batch put on a log scale, and their units m
-            self.register_buffer("context_log_mask", torch.zeros(input_dim, dtype=torch.bool))
-            self.register_buffer("context_log_unit", torch.ones(input_dim))
+            self.register_buffer("log_context_mask", torch.zeros(input_dim, dtype=torch.bool))
+            self.register_buffer("log_context_unit", torch.ones(input_dim))
         if standardize_context or self.log_context is not False:
             # whether the first batch has fixed them (a buffer: saved with state_dict)
             self.register_buffer("context_initialized", torch.tensor(False))
@@ -322,16 +322,16 @@ class ImplicitEncoder(nn.Module):
         if not self.__dict__.get("_ready", False):
             self.__dict__["_ready"] = bool(self.context_initialized)
             self.__dict__["_log_any"] = self.log_context is not False and bool(
-                self.context_log_mask.any()
+                self.log_context_mask.any()
             )
         return self.__dict__["_ready"]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.__dict__["_ready"] = False  # the loaded buffers decide again
-        if self.log_context is not False and prefix + "context_log_mask" not in state_dict:
+        if self.log_context is not False and prefix + "log_context_mask" not in state_dict:
             # a state saved before the automatic log existed: its encoder took no log
-            state_dict[prefix + "context_log_mask"] = torch.zeros_like(self.context_log_mask)
-            state_dict[prefix + "context_log_unit"] = torch.ones_like(self.context_log_unit)
+            state_dict[prefix + "log_context_mask"] = torch.zeros_like(self.log_context_mask)
+            state_dict[prefix + "log_context_unit"] = torch.ones_like(self.log_context_unit)
             state_dict.setdefault(prefix + "context_initialized", torch.tensor(True))
         return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -356,15 +356,15 @@ class ImplicitEncoder(nn.Module):
         positive = torch.where(flat > 0, flat, torch.full_like(flat, float("nan")))
         unit = torch.nanquantile(positive, LOG_CONTEXT_QUANTILE, dim=0)
         unit = torch.where(mask & (unit > 0), unit, torch.ones_like(unit))
-        self.context_log_mask.copy_(mask)
-        self.context_log_unit.copy_(unit)
+        self.log_context_mask.copy_(mask)
+        self.log_context_unit.copy_(unit)
         self.__dict__["_log_any"] = bool(mask.any())
 
     def _log_transform(self, context):
         if not self.__dict__.get("_log_any", False):
             return context
-        unit = self.context_log_unit
-        return torch.where(self.context_log_mask, torch.asinh(context / unit), context)
+        unit = self.log_context_unit
+        return torch.where(self.log_context_mask, torch.asinh(context / unit), context)
 
     @torch.no_grad()
     def _initialize_context(self, context):
