@@ -51,7 +51,7 @@ from pyro_adv.models.gan_targets import (
     sample_ring,
 )
 from pyro_adv.models.zoo import Bimodal
-from pyro_adv.nn import Discriminator, MLPGenerator, PackedDiscriminator
+from pyro_adv.nn import MLPGenerator, PackedDiscriminator
 
 __all__ = ["BUDGETS", "PUBLISHED", "run"]
 
@@ -121,13 +121,14 @@ def _gan(target, method, seed, budget):
     )
     gan = gan_2d(generator)
 
-    def discriminator(key):
-        if pack > 1:
-            return PackedDiscriminator(pack, hidden_dims=hidden)
-        return Discriminator(hidden)
+    def packed(key):
+        return PackedDiscriminator(pack, hidden_dims=hidden)
 
     steps = budget["gan_steps"][target]
-    objective = Trace_GAN(discriminator=discriminator)
+    # the library's default discriminator unless packed (PacGAN)
+    objective = Trace_GAN(
+        discriminator=packed if pack > 1 else None, discriminator_hidden_dims=hidden
+    )
     # the library's default optimizer for this objective and budget
     svi = SVI(gan, recipes.no_guide, objective.default_optim(steps), objective)
     start = time.perf_counter()
@@ -354,11 +355,13 @@ def main(argv=None):
     parser.add_argument("--update", required=True, help="a modes.json whose rows to replace")
     parser.add_argument("--rows", choices=["avb", "gan"], default="avb")
     parser.add_argument(
-        "--methods", help="with --rows gan: only these GAN methods, comma-separated"
+        "--methods",
+        nargs="+",
+        help="with --rows gan: only these GAN methods (each quoted: some names have commas)",
     )
     parser.add_argument("--suite", choices=["full", "quick"], default="full")
     args = parser.parse_args(argv)
-    methods = args.methods.split(",") if args.methods else None
+    methods = args.methods
     if methods and not set(methods) <= set(GAN_METHODS):
         parser.error(f"--methods must be among {list(GAN_METHODS)}")
     torch.set_num_threads(1)
@@ -395,7 +398,7 @@ def main(argv=None):
     table["note"] = (
         table.get("note", "")
         + f" {what}: python -m benchmarks.modes --update --rows {args.rows}"
-        + (f" --methods '{args.methods}'" if args.methods else "")
+        + (" --methods " + " ".join(f"'{m}'" for m in methods) if methods else "")
         + f" ({args.suite} budget)."
     ).strip()
     with open(args.update, "w") as f:

@@ -116,6 +116,9 @@ class ImplicitDistribution(TorchDistribution):
         new.generator = self.generator
         new.base = self.base.expand(batch_shape)
         new._support = self._support
+        for name in ("encoder", "context"):  # provenance an objective may read
+            if name in self.__dict__:
+                setattr(new, name, self.__dict__[name])
         super(ImplicitDistribution, new).__init__(batch_shape, self.event_shape, False)
         return new
 

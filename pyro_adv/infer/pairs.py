@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 from pyro.poutine.util import site_is_factor, site_is_subsample
+from torch.distributions import biject_to
 
 from pyro_adv.distributions.implicit import unwrap
 from pyro_adv.infer.util import (
@@ -32,6 +33,7 @@ from pyro_adv.infer.util import (
 __all__ = [
     "PairLayout",
     "check_pathwise_guide",
+    "fit_regression_bases",
     "observed_sites",
     "pair_latents",
     "pair_rows",
@@ -147,3 +149,43 @@ def pair_rows(group, u, nodes, observed, globals_u, layout):
     x = join_features(*parts, u)
     x = x.reshape(-1, x.shape[-1])
     return x[:, : x.shape[-1] - u.shape[-1]], x[:, x.shape[-1] - u.shape[-1] :]
+
+
+def fit_regression_bases(guide_trace, model_trace, real_nodes, latents, observed):
+    r"""
+    Fits the regression base of every encoder that asks for one
+    (:meth:`~pyro_adv.nn.ImplicitEncoder.fit_regression_base`) on the simulated
+    pairs of this step, once: for each latent drawn by an encoder whose context is
+    an observed site's value (as :func:`~pyro_adv.infer.autoguide.amortized_guide`
+    passes it), the simulated values of that site are the contexts and the
+    simulated latents, mapped to the unconstrained space of the site's support,
+    the targets. An encoder whose context is anything else (a summary, a
+    transformed copy) is left as it is.
+
+    :returns: whether any encoder changed (the guide's draws of this step are stale).
+    :rtype: bool
+    """
+    changed = False
+    for name in latents:
+        base = unwrap(guide_trace.nodes[name]["fn"])[0]
+        encoder = getattr(base, "encoder", None)
+        if not getattr(encoder, "regression_base_pending", False):
+            continue
+        context = base.context
+        for obs in observed:
+            data = model_trace.nodes[obs]["value"]
+            if data.numel() != context.numel() or not torch.equal(
+                data.reshape(context.shape).to(context.dtype), context
+            ):
+                continue
+            x = real_nodes.nodes[obs]["value"].reshape(-1, encoder.input_dim)
+            # in the unconstrained space the encoder draws in (a guide maps its draws
+            # onto the support with biject_to, as AutoImplicit and the sbi tasks do)
+            z = biject_to(guide_trace.nodes[name]["fn"].support).inv(
+                real_nodes.nodes[name]["value"]
+            )
+            z = z.reshape(-1, encoder.latent_dim)
+            if x.shape[0] == z.shape[0]:
+                changed |= encoder.fit_regression_base(x, z)
+            break
+    return changed

@@ -18,6 +18,7 @@ from pyro_adv.infer.importance import PairImportanceWeights, bounded_log_ratio
 from pyro_adv.infer.pairs import (
     PairLayout,
     check_pathwise_guide,
+    fit_regression_bases,
     observed_sites,
     pair_latents,
     pair_rows,
@@ -347,6 +348,9 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
                 self.max_plate_nesting,
                 name,
             )
+        if fit_regression_bases(guide_trace, model_trace, real_nodes, latents, observed):
+            # the guide drew this step's latents before its encoder had the base
+            return self._losses(model, guide, args, kwargs)
         fake_nodes = SiteNodes(OrderedDict((n, model_trace.nodes[n]) for n in names))
 
         layout = PairLayout(

@@ -127,7 +127,11 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
         :class:`~pyro_adv.infer.divergences.Divergence` instance, e.g.
         ``Wasserstein(gradient_penalty=0, weight_clip=0.01)``.
     :param discriminator: ``None`` for an MLP :class:`~pyro_adv.nn.Discriminator`
-        per group (sized and input-standardized on the first observed minibatch), an
+        per group (sized and input-standardized on the first observed minibatch,
+        with ``input_gain="auto"``: sharply clustered data, such as separated modes
+        much narrower than their spread, are scaled up so the network resolves them
+        from the first step; Gaussian-like data are left as they are, see
+        :func:`~pyro_adv.nn.mlp.fine_structure_gain`), an
         ``nn.Module`` mapping ``(rows, features)`` to ``(rows,)`` logits (models with
         one group), or a factory ``key -> nn.Module`` with ``key`` the group's plate
         name or ``"global"``.
@@ -372,7 +376,9 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
                     "any parameter, so the generator gets no gradient"
                 )
             real = real.detach()
-            disc = self.discriminator(module_key(key), real, self.spec_factory(key, Discriminator))
+            disc = self.discriminator(
+                module_key(key), real, self.spec_factory(key, _fine_discriminator)
+            )
             real_logits = disc(real)
             fake_logits = disc(fake.detach())
             with torch.enable_grad():  # the gradient penalty differentiates the critic
@@ -403,3 +409,8 @@ def _place_mixture_components(real_trace, fake_trace):
         generator.place_components(data.reshape(-1, generator.output_dim))
         placed = True
     return placed
+
+
+def _fine_discriminator(hidden_dims, activation):
+    # the default: resolve modes finer than the data's spread (fine_structure_gain)
+    return Discriminator(hidden_dims, activation, input_gain="auto")

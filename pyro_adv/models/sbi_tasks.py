@@ -216,9 +216,12 @@ class SBITask:
         q = encoder(x)
         support = self.prior(x).support
         transform = biject_to(support)
-        return ImplicitDistribution(
+        posterior = ImplicitDistribution(
             lambda eps: transform(q.generator(eps)), q.base, q.event_shape, support=support
         )
+        # the encoder draws in unconstrained space (Trace_ALI's regression base)
+        posterior.encoder, posterior.context = encoder, q.context
+        return posterior
 
     def guide(self, encoder):
         """The amortized guide of :meth:`model`: ``theta_i ~ q(theta | x_i)``, :meth:`posterior`."""

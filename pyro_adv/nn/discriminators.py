@@ -22,10 +22,16 @@ class Discriminator(MLP):
     :param tuple hidden_dims: widths of the hidden layers.
     :param activation: hidden activation (name or module class).
     :param bool standardize_input: standardize inputs with first-batch statistics.
+    :param input_gain: multiplies the standardized inputs; ``"auto"``: the first
+        batch's :func:`~pyro_adv.nn.mlp.fine_structure_gain` (1 for Gaussian-like
+        data, up to 8 for sharply clustered data), the default of
+        :class:`~pyro_adv.infer.Trace_GAN`'s own discriminators.
     """
 
-    def __init__(self, hidden_dims=(64, 64), activation="elu", standardize_input=True):
-        super().__init__(None, 1, hidden_dims, activation, standardize_input)
+    def __init__(
+        self, hidden_dims=(64, 64), activation="elu", standardize_input=True, input_gain=1.0
+    ):
+        super().__init__(None, 1, hidden_dims, activation, standardize_input, input_gain=input_gain)
 
     def forward(self, z):
         return super().forward(z).squeeze(-1)

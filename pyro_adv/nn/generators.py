@@ -222,7 +222,10 @@ class ImplicitEncoder(nn.Module):
     saved with the ``state_dict``; a loaded encoder does not decide again.
     Outside training the encoder samples with the weight average its objective
     keeps (:mod:`pyro_adv.nn.averaging`); set ``use_averages = False`` for the
-    raw weights.
+    raw weights. :class:`~pyro_adv.infer.Trace_ALI` also gives the encoder a
+    **regression base** before its first step (:meth:`fit_regression_base`): the
+    network then outputs the latents in units of the residual spread of a linear
+    regression on ``x``, around that regression's prediction.
 
     :param int input_dim: width of the context ``x``.
     :param int latent_dim: width of ``z``.
@@ -241,6 +244,10 @@ class ImplicitEncoder(nn.Module):
         by the last noise coordinate (:class:`~pyro_adv.nn.MixtureMLP`), for
         posteriors with separated modes.
     :param float component_spread: sd of the components' starting output offsets.
+    :param bool regression_base: let an objective that simulates ``(x, z)`` pairs
+        (:class:`~pyro_adv.infer.Trace_ALI`) fix a linear regression base on them
+        before the first step (:meth:`fit_regression_base`); ``False``: the network
+        alone.
     """
 
     use_averages = True
@@ -256,6 +263,7 @@ class ImplicitEncoder(nn.Module):
         standardize_context=True,
         num_components=1,
         component_spread=1.0,
+        regression_base=True,
         log_context="auto",
     ):
         super().__init__()
@@ -316,6 +324,96 @@ class ImplicitEncoder(nn.Module):
         if standardize_context or self.log_context is not False:
             # whether the first batch has fixed them (a buffer: saved with state_dict)
             self.register_buffer("context_initialized", torch.tensor(False))
+        # the linear regression base z = a + B c + L G(c, eps) (fit_regression_base);
+        # the identity until fitted
+        self.regression_base = bool(regression_base)
+        self.register_buffer("base_loc", torch.zeros(latent_dim))
+        self.register_buffer("base_coef", torch.zeros(latent_dim, input_dim))
+        self.register_buffer("base_scale_tril", torch.eye(latent_dim))
+        self.register_buffer("base_fitted", torch.tensor(False))
+
+    @property
+    def regression_base_pending(self):
+        """Whether an objective should fit the regression base (on, and not yet fitted)."""
+        return self.regression_base and not self._base_ready()
+
+    def _base_ready(self):
+        if not self.__dict__.get("_base", False):
+            self.__dict__["_base"] = bool(self.base_fitted)
+        return self.__dict__["_base"]
+
+    @torch.no_grad()
+    def fit_regression_base(self, context, z, rows_per_coefficient=4, jitter=1e-6):
+        r"""
+        Fixes the encoder's **regression base** from simulated pairs
+        :math:`(x_i, z_i) \sim p(x \mid z)\,p(z)`: the least-squares fit
+        :math:`z \approx a + B c` on the (transformed) context :math:`c` and the
+        Cholesky factor :math:`L` of the residuals' covariance, after which the
+        encoder samples
+
+        .. math:: z = a + B c + L\, G_\gamma(c, \epsilon).
+
+        This is the linear regression adjustment of approximate Bayesian computation
+        (Beaumont, Zhang and Balding 2002) used as a preconditioner: for a
+        linear-Gaussian model :math:`a + Bc` is the posterior mean and :math:`LL^\top`
+        its covariance, and in general the network only has to learn what the
+        linear fit misses, *in units of the residual spread*. Without it the network
+        outputs the posterior in prior units, and along a direction where the
+        posterior is many times narrower than the prior its mean and width must be
+        set to a small fraction of the output scale, which GAN-style training noise
+        does not reach (ALI on random linear-Gaussian simulators left such
+        directions 20-45% too narrow and the mean 0.3 sd off on half the seeds).
+        :class:`~pyro_adv.infer.Trace_ALI` calls this once, on its first step's
+        simulated pairs, when the encoder's context is an observed site's value
+        (as :func:`~pyro_adv.infer.autoguide.amortized_guide` passes it).
+
+        :param torch.Tensor context: contexts of the simulated data, shape ``(n, input_dim)``.
+        :param torch.Tensor z: their latents, shape ``(n, latent_dim)``.
+        :param int rows_per_coefficient: fewer than this many rows per regression
+            coefficient leave the base as it is.
+        :returns: whether the base was fitted.
+        :rtype: bool
+        """
+        c = self._transform_context(context.detach().reshape(-1, self.input_dim))
+        z = z.detach().reshape(-1, self.latent_dim).to(c.dtype)
+        n = c.shape[0]
+        if n != z.shape[0] or n < rows_per_coefficient * (self.input_dim + 1):
+            return False
+        if not (torch.isfinite(c).all() and torch.isfinite(z).all()):
+            return False
+        design = torch.cat([torch.ones_like(c[:, :1]), c], -1).double()
+        coef = torch.linalg.lstsq(design, z.double()).solution  # (1 + input_dim, latent_dim)
+        residual = z.double() - design @ coef
+        covariance = residual.mT @ residual / max(n - design.shape[1], 1)
+        scale = covariance.diagonal().clamp_min(1e-30)
+        tril, info = torch.linalg.cholesky_ex(
+            covariance + jitter * torch.diag(scale) + 1e-30 * torch.eye(self.latent_dim).to(scale)
+        )
+        if info.item() != 0 or not torch.isfinite(tril).all():
+            return False
+        self.base_loc.copy_(coef[0])
+        self.base_coef.copy_(coef[1:].mT)
+        self.base_scale_tril.copy_(tril)
+        self.base_fitted.fill_(True)
+        self.__dict__["_base"] = True
+        return True
+
+    def _transform_context(self, context):
+        # one home for what the network and the regression base read
+        dtype = self.base_loc.dtype
+        if context.dtype != dtype:
+            context = context.to(dtype)
+        if self.context_transform is not None:
+            context = self.context_transform(context)
+        if self._preprocessed and not self._context_ready():
+            self._initialize_context(context)
+        # the automatic log, as the first batch fixed it
+        return self._log_transform(context)
+
+    @property
+    def _preprocessed(self):
+        # whether the first batch fixes something (the log or the standardization)
+        return self.standardize_context or self.log_context is not False
 
     def _context_ready(self):
         # the buffers read once (a device read), then remembered until a state is loaded
@@ -328,6 +426,7 @@ class ImplicitEncoder(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.__dict__["_ready"] = False  # the loaded buffers decide again
+        self.__dict__["_base"] = False
         if self.log_context is not False and prefix + "log_context_mask" not in state_dict:
             # a state saved before the automatic log existed: its encoder took no log
             state_dict[prefix + "log_context_mask"] = torch.zeros_like(self.log_context_mask)
@@ -397,12 +496,7 @@ class ImplicitEncoder(nn.Module):
         return self._generate(context, noise)
 
     def _generate(self, context, noise):
-        if self.context_transform is not None:
-            context = self.context_transform(context)
-        if self.standardize_context or self.log_context is not False:
-            if not self._context_ready():
-                self._initialize_context(context)
-            context = self._log_transform(context)
+        context = transformed = self._transform_context(context)
         if self.standardize_context:
             loc = averaged_value(self.context_loc)
             log_scale = averaged_value(self.context_log_scale)
@@ -412,7 +506,10 @@ class ImplicitEncoder(nn.Module):
             [context.expand(shape + context.shape[-1:]), noise.expand(shape + noise.shape[-1:])],
             dim=-1,
         )
-        return self.net(inputs)
+        out = self.net(inputs)
+        if self._base_ready():
+            out = self.base_loc + transformed @ self.base_coef.mT + out @ self.base_scale_tril.mT
+        return out
 
     def _check_context(self, context):
         if not torch.is_tensor(context) or context.dim() < 1:
@@ -442,29 +539,23 @@ class ImplicitEncoder(nn.Module):
         :param torch.Tensor context: observations, shape ``(N, input_dim)``.
         :param int max_rows: at most this many rows are used, evenly strided.
         """
-        if not (self.standardize_context or self.log_context is not False):
+        if not self._preprocessed or self._context_ready():
             return
-        if self._context_ready():
-            return
-        context = self._check_context(context)
-        flat = context.reshape(-1, self.input_dim)
-        stride = -(-flat.shape[0] // max_rows)
-        flat = flat[::stride]
-        if self.context_transform is not None:
-            flat = self.context_transform(flat)
-        self._initialize_context(flat)
+        flat = self._check_context(context).reshape(-1, self.input_dim)
+        self._transform_context(flat[:: -(-flat.shape[0] // max_rows)])
 
     def forward(self, context):
         context = self._check_context(context)
-        if (self.standardize_context or self.log_context is not False) and not (
-            self._context_ready()
-        ):
-            first = context if self.context_transform is None else self.context_transform(context)
-            self._initialize_context(first)
+        if self._preprocessed and not self._context_ready():
+            self._transform_context(context)  # the first batch fixes the preprocessing
         batch_shape = context.shape[:-1]
         zeros = context.new_zeros(batch_shape + (self.noise_dim,))
         # standard normal noise: nothing to validate (a device read per argument check)
         noise = dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
-        return ImplicitDistribution(
+        q = ImplicitDistribution(
             lambda eps: self.generate(context, eps), noise, event_shape=(self.latent_dim,)
         )
+        # where the draws come from, for objectives that initialize the encoder
+        # (Trace_ALI's regression base)
+        q.encoder, q.context = self, context
+        return q

@@ -5,7 +5,7 @@ from torch import nn
 
 from pyro_adv.nn.averaging import call_averaged
 
-__all__ = ["MLP", "get_activation", "joint_whitening"]
+__all__ = ["MLP", "fine_structure_gain", "get_activation", "joint_whitening"]
 
 _ACTIVATIONS = {
     "elu": nn.ELU,
@@ -60,6 +60,11 @@ class MLP(nn.Module):
         the first batch's covariance (:func:`joint_whitening`); ``False``: raw inputs.
     :param float output_scale: multiplies the initial weights of the last layer;
         small values start the network near a constant output.
+    :param input_gain: multiplies the standardized inputs (a finer input scale, so
+        the network resolves structure finer than the inputs' spread); ``"auto"``:
+        :func:`fine_structure_gain` of the first batch, 1 unless the data are much
+        more finely clustered than a Gaussian with their covariance. Folded into
+        ``input_scale``.
     :param device: where an eagerly built network (``input_dim`` given) is created
         (default: the CPU, as ``nn.Linear``).
     :param dtype: its dtype (default: ``torch.get_default_dtype()``).
@@ -79,6 +84,7 @@ class MLP(nn.Module):
         standardize_input=False,
         output_scale=1.0,
         *,
+        input_gain=1.0,
         device=None,
         dtype=None,
     ):
@@ -103,6 +109,19 @@ class MLP(nn.Module):
                 f"got {standardize_input!r}"
             )
         self.standardize_input = standardize_input
+        if input_gain != "auto" and not (
+            isinstance(input_gain, (int, float))
+            and not isinstance(input_gain, bool)
+            and input_gain > 0
+        ):
+            raise ValueError(
+                f"MLP: input_gain must be 'auto' or a positive number, got {input_gain!r}"
+            )
+        if input_gain != 1.0 and not standardize_input:
+            raise ValueError(
+                "MLP: input_gain needs standardize_input (it scales the standardization)"
+            )
+        self.input_gain = input_gain
         self.output_scale = output_scale
         self.net = None
         self.register_buffer("input_loc", None)
@@ -157,8 +176,14 @@ class MLP(nn.Module):
             self.input_loc = flat.mean(0)
             scale = flat.std(0) if flat.shape[0] > 1 else torch.ones_like(flat[0])
             self.input_scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
+            standardized = (flat - self.input_loc) / self.input_scale
             if self.standardize_input == "joint":
-                self.input_whitener = joint_whitening((flat - self.input_loc) / self.input_scale)
+                self.input_whitener = joint_whitening(standardized)
+            gain = self.input_gain
+            if gain == "auto":
+                gain = fine_structure_gain(standardized)
+            if gain != 1.0:
+                self.input_scale = self.input_scale / gain
         return self
 
     def forward(self, x):
@@ -229,3 +254,71 @@ def joint_whitening(x, jitter=1e-4, rows_per_feature=4):
     eye = torch.eye(k, dtype=corr.dtype, device=corr.device)
     whitener = torch.linalg.solve_triangular(chol, eye, upper=False)
     return whitener.to(x.dtype)
+
+
+@torch.no_grad()
+def fine_structure_gain(x, max_gain=8.0, threshold=2.0, max_rows=512):
+    r"""
+    How much finer than a Gaussian the rows of ``x`` are clustered: the ratio
+
+    .. math:: r = \frac{\operatorname{median}_i \min_{j \ne i} \lVert y_i - y_j \rVert}
+                       {\operatorname{median}_i \min_{j \ne i} \lVert x_i - x_j \rVert}
+
+    of the median nearest-neighbour distance of :math:`n` draws :math:`y` of the
+    Gaussian with ``x``'s mean and covariance (four fixed-seed batches, averaged)
+    to that of ``x``, turned into the gain :math:`\min(\max(r / 2, 1), g_{max})`.
+
+    A discriminator whose inputs are standardized by their overall spread sees
+    modes of sd 0.02 on a ring of radius 2 as bumps 0.014 units wide; with its
+    default initialization (first-layer weights of order 1) it needs thousands of
+    steps before its features vary on that scale, and until then it cannot tell a
+    generator's 0.05-wide blob from the data's 0.02-wide mode: on the 8-Gaussian
+    ring a mixture generator reached 53% high-quality samples. Spectral bias
+    (Rahaman et al. 2019; Tancik et al. 2020, who fix it with input scaling by
+    Fourier features) is the general form. Multiplying the standardized inputs by
+    the gain lets the first layer resolve the structure at initialization: 94-100%
+    on the ring and 98-100% on the 25-Gaussian grid at gains 4-16 (Table 9).
+    Gaussian data give :math:`r \approx 1` (0.86-1.02 measured for 256 draws in 2,
+    5 and 10 dimensions), heavy tails 1.1-1.9 (Student-t with 3 degrees of freedom,
+    exponential), so the threshold of 2 leaves them at gain 1 exactly; the ring of
+    8 Gaussians gives :math:`r \approx 23` (gain 8, the cap) and the grid of 25
+    about 10 (gain 5). The reference draws use their own generator: the global
+    random stream is not touched.
+
+    :param torch.Tensor x: standardized inputs, shape ``(n, k)`` (the first
+        ``max_rows`` rows are used).
+    :param float max_gain: the largest gain returned.
+    :param float threshold: ratios up to this give gain 1.
+    :returns: the gain, a float ``>= 1``; 1 for fewer than 32 rows or a
+        degenerate covariance.
+    :rtype: float
+    """
+    x = x.detach().reshape(-1, x.shape[-1])[:max_rows].double()
+    n, k = x.shape
+    if n < 32:
+        return 1.0
+    centred = x - x.mean(0)
+    cov = centred.mT @ centred / (n - 1)
+    chol, info = torch.linalg.cholesky_ex(cov + 1e-9 * torch.eye(k, dtype=x.dtype, device=x.device))
+    if info.item() != 0 or not torch.isfinite(chol).all():
+        return 1.0
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    reference = torch.stack(
+        [
+            _median_nearest_neighbour(
+                torch.randn(n, k, generator=generator, dtype=x.dtype, device=x.device) @ chol.mT
+            )
+            for _ in range(4)
+        ]
+    ).mean()
+    observed = _median_nearest_neighbour(x)
+    if observed <= 0:
+        return float(max_gain)  # more than half the rows repeat: as fine as it gets
+    ratio = (reference / observed).item()
+    return float(min(max(ratio / threshold, 1.0), max_gain))
+
+
+def _median_nearest_neighbour(x):
+    distances = torch.cdist(x, x)
+    distances.fill_diagonal_(float("inf"))
+    return distances.min(1).values.median()

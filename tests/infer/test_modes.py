@@ -9,14 +9,15 @@ Issue 11, item 5: separated modes with small honest budgets.
   (``num_components=1``) the same 400-step run puts 0.00 on z > 0, so the test fails
   without the mechanism (at 600 steps 4 of 4 seeds gave 0.00 or 1.00); with one
   Gaussian as the reference (``contrast_components=1``) the modes' widths fail.
-* A GAN on four separated modes (sd 0.05 at the corners of a square of side 3),
-  ``Trace_GAN``'s default optimizer: a mixture generator
-  (``MLPGenerator(num_components=4)``, its components placed on the first batch's
-  k-means centres) covers all four, in equal shares, with high-quality points
-  (measured: 4 modes, 94.6% high quality, reverse KL 0.0006). The same run with
-  random starting offsets (``component_init="spread"``) reaches 76% high quality
-  (reverse KL 0.024), and with one component 2 modes with 29% (reverse KL 1.20), so
-  the test fails without either part of the mechanism.
+* A GAN on four separated, sharp modes (sd 0.02 at the corners of a square of side
+  3), ``Trace_GAN``'s defaults (its optimizer and its discriminator): a mixture
+  generator (``MLPGenerator(num_components=4)``, its components placed on the first
+  batch's k-means centres) covers all four, in equal shares, with high-quality points
+  (measured: 4 modes, 97.5% high quality, reverse KL 0.001; seeds 1-3: 95.6-98.9%).
+  The mechanism has three parts and the test fails without any of them: with the
+  discriminator's input gain off (``Discriminator(input_gain=1.0)``, so it cannot
+  resolve 0.02-wide modes early) 71.6% (seed 1: 64.8%); with random starting offsets
+  (``component_init="spread"``) 82.7%; with one component 1 mode, 23%.
 """
 
 import pytest
@@ -29,7 +30,7 @@ from pyro_adv.infer import Trace_GAN, TraceAVB_ELBO
 from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.models.gan_targets import gan_2d
 from pyro_adv.models.zoo import Bimodal
-from pyro_adv.nn import Discriminator, MLPGenerator
+from pyro_adv.nn import MLPGenerator
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def test_avb_mixture_guide_gives_each_mode_its_share():
 
 
 CORNERS = torch.tensor([[-1.5, -1.5], [-1.5, 1.5], [1.5, -1.5], [1.5, 1.5]])
-SD = 0.05
+SD = 0.02
 
 
 def fit_corners(num_components, steps=600, seed=0):
@@ -78,7 +79,7 @@ def fit_corners(num_components, steps=600, seed=0):
     data = CORNERS[k] + SD * torch.randn(20000, 2)
     generator = MLPGenerator(2, 2, (64, 64), num_components=num_components)
     gan = gan_2d(generator)
-    objective = Trace_GAN(discriminator=lambda key: Discriminator((64, 64)))
+    objective = Trace_GAN()
     svi = SVI(gan, no_guide, objective.default_optim(steps), objective)
     for _ in range(steps):
         svi.step(data, batch_size=256)
@@ -90,5 +91,5 @@ def fit_corners(num_components, steps=600, seed=0):
 def test_gan_mixture_generator_covers_every_mode():
     result = fit_corners(num_components=4)
     assert result.modes == 4, result
-    assert result.high_quality > 0.85, result
+    assert result.high_quality > 0.9, result
     assert result.reverse_kl < 0.01, result

@@ -1,0 +1,104 @@
+"""ImplicitEncoder's regression base and Trace_ALI fitting it on simulated pairs."""
+
+import pyro
+import torch
+from pyro.infer import SVI
+
+from pyro_adv.infer import Trace_ALI
+from pyro_adv.infer.pairs import fit_regression_bases
+from pyro_adv.models import exponential_model
+from pyro_adv.models.random_families import random_linear_simulator
+from pyro_adv.nn import ImplicitEncoder
+
+
+def exact_regression(sim):
+    """The posterior of a linear-Gaussian simulator: mean a + B x, covariance L L^T."""
+    mean0, cov = sim.posterior_moments(torch.zeros(sim.dim_data))
+    basis = torch.eye(sim.dim_data)
+    coef = torch.stack([sim.posterior_moments(e)[0] - mean0 for e in basis], -1)
+    return mean0, coef, torch.linalg.cholesky(cov)
+
+
+def test_fit_regression_base_recovers_the_linear_gaussian_posterior():
+    sim = random_linear_simulator(5)
+    theta, x = sim.sample_joint(50_000, torch.Generator().manual_seed(0))
+    encoder = ImplicitEncoder(sim.dim_data, sim.dim_parameters, hidden_dims=(8,))
+    assert encoder.regression_base_pending
+    assert encoder.fit_regression_base(x, theta)
+    assert not encoder.regression_base_pending
+    loc, coef, tril = exact_regression(sim)
+    assert torch.allclose(encoder.base_coef, coef, atol=0.02)
+    assert torch.allclose(encoder.base_scale_tril, tril, atol=0.02)
+    assert torch.allclose(encoder.base_loc, loc, atol=0.05)
+    # the draws: a + B x + L G(x, eps); at one x the mean moves with B
+    x0 = x[:1]
+    draws = encoder(x0).sample((4000,)).squeeze(1)
+    with torch.no_grad():
+        net = encoder.net(
+            torch.cat(
+                [
+                    ((x0 - encoder.context_loc) * torch.exp(-encoder.context_log_scale)).expand(
+                        4000, -1
+                    ),
+                    torch.randn(4000, encoder.noise_dim),
+                ],
+                -1,
+            )
+        )
+    expected = loc + x0 @ coef.mT + net.mean(0) @ tril.mT
+    assert torch.allclose(draws.mean(0), expected.squeeze(0), atol=0.05)
+
+
+def test_regression_base_state_round_trips_and_can_be_off():
+    sim = random_linear_simulator(1)
+    theta, x = sim.sample_joint(4000, torch.Generator().manual_seed(0))
+    encoder = ImplicitEncoder(sim.dim_data, sim.dim_parameters, hidden_dims=(8,))
+    encoder(x)  # fixes the context standardization
+    encoder.fit_regression_base(x, theta)
+    loaded = ImplicitEncoder(sim.dim_data, sim.dim_parameters, hidden_dims=(8,))
+    loaded.load_state_dict(encoder.state_dict())
+    assert not loaded.regression_base_pending
+    eps = torch.randn(3, encoder.noise_dim)
+    assert torch.allclose(loaded.generate(x[:3], eps), encoder.generate(x[:3], eps))
+    off = ImplicitEncoder(sim.dim_data, sim.dim_parameters, regression_base=False)
+    assert not off.regression_base_pending
+    # too few rows per coefficient: left as it is
+    fresh = ImplicitEncoder(sim.dim_data, sim.dim_parameters)
+    assert not fresh.fit_regression_base(x[:5], theta[:5])
+    assert fresh.regression_base_pending
+
+
+def test_trace_ali_fits_the_base_on_its_first_simulated_pairs():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    sim = random_linear_simulator(5)
+    encoder = ImplicitEncoder(sim.dim_data, sim.dim_parameters, hidden_dims=(16,))
+    ali = Trace_ALI()
+    svi = SVI(sim.model, sim.guide(encoder), pyro.optim.Adam({"lr": 1e-3}), ali)
+    svi.step(sim.sample_joint(2048, torch.Generator().manual_seed(0))[1])
+    assert encoder.base_fitted
+    # 2,048 simulated pairs: the posterior regression within sampling error
+    _, coef, tril = exact_regression(sim)
+    assert torch.allclose(encoder.base_coef, coef, atol=0.1), (encoder.base_coef, coef)
+    assert torch.allclose(encoder.base_scale_tril, tril, atol=0.1)
+    # fitted once: later steps leave it
+    before = encoder.base_coef.clone()
+    svi.step(sim.sample_joint(2048, torch.Generator().manual_seed(1))[1])
+    assert torch.equal(before, encoder.base_coef)
+
+
+def test_context_that_is_not_an_observed_value_is_left_alone():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    encoder = ImplicitEncoder(1, 2, hidden_dims=(8,))
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            # a summary of x, not x itself: no simulated contexts to regress on
+            pyro.sample("z", encoder(torch.log1p(x).unsqueeze(-1)))
+
+    x = torch.distributions.Exponential(1.0).sample((256,))
+    SVI(exponential_model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ALI()).step(x)
+    assert encoder.regression_base_pending
+    assert callable(fit_regression_bases)
