@@ -391,7 +391,9 @@ class ImplicitEncoder(nn.Module):
         covariance = residual.mT @ residual / max(n - design.shape[1], 1)
         scale = covariance.diagonal().clamp_min(1e-30)
         tril, info = torch.linalg.cholesky_ex(
-            covariance + jitter * torch.diag(scale) + 1e-30 * torch.eye(self.latent_dim).to(scale)
+            covariance
+            + jitter * torch.diag(scale)
+            + 1e-30 * torch.eye(self.latent_dim, dtype=scale.dtype, device=scale.device)
         )
         if info.item() != 0 or not torch.isfinite(tril).all():
             return False
