@@ -251,7 +251,8 @@ class ImplicitEncoder(nn.Module):
     :param bool regression_base: let an objective that simulates ``(x, z)`` pairs
         (:class:`~pyro_adv.infer.Trace_ALI`) fix a linear regression base on them
         before the first step (:meth:`fit_regression_base`); ``False``: the network
-        alone.
+        alone. Default: on with one component, off for a mixture (on two_moons the
+        base drew both components of a two-component encoder onto one crescent).
     """
 
     use_averages = True
@@ -267,7 +268,7 @@ class ImplicitEncoder(nn.Module):
         standardize_context=True,
         num_components=1,
         component_spread=1.0,
-        regression_base=True,
+        regression_base=None,
         log_context="auto",
     ):
         super().__init__()
@@ -330,7 +331,12 @@ class ImplicitEncoder(nn.Module):
             self.register_buffer("context_initialized", torch.tensor(False))
         # the linear regression base z = a + B c + L G(c, eps) (fit_regression_base);
         # the identity until fitted
-        self.regression_base = bool(regression_base)
+        # a mixture keeps its components' offsets in output units: on two_moons the
+        # base drew both components of a 2-component ALI encoder onto one crescent
+        # (share of the other 0.00; 0.50 without the base)
+        self.regression_base = (
+            num_components == 1 if regression_base is None else bool(regression_base)
+        )
         self.register_buffer("base_loc", torch.zeros(latent_dim))
         self.register_buffer("base_coef", torch.zeros(latent_dim, input_dim))
         self.register_buffer("base_scale_tril", torch.eye(latent_dim))

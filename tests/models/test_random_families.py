@@ -125,12 +125,12 @@ def test_gaussian_errors_catch_a_wrong_correlation():
 
 
 # ------------------------------------------------ one small run of each Table 5 family
-#: the fixed seed where it is not 0. ALI (3000 steps, the table's budget, ~45 s on a free
-#: core): seed 1 is 3-D with a posterior 2-3 times narrower than the prior; the defaults
-#: put its mean 0.10 sd and its sd 8% off, the defaults before the undecayed
-#: discriminator (8e-3, decayed 20-fold) 54% off, a miss (seed 0 passes too in the table,
-#: with less room: mean 0.17 sd)
-_SEEDS = {"ali_linear_simulator": 1}
+#: the fixed seed where it is not 0. ALI (1500 steps, half the table's, ~20 s on a free
+#: core): seed 5 is 4-D, the table's worst before the encoder's regression base (mean
+#: 0.32 sd and sd 43% off at 3000 steps); with the base its mean is 0.13 sd and its sd
+#: 6% off, and with the base off (ImplicitEncoder(regression_base=False)) 0.57 sd and
+#: 42%, a miss
+_SEEDS = {"ali_linear_simulator": 5}
 
 
 @pytest.mark.slow

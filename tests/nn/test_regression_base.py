@@ -102,3 +102,8 @@ def test_context_that_is_not_an_observed_value_is_left_alone():
     SVI(exponential_model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ALI()).step(x)
     assert encoder.regression_base_pending
     assert callable(fit_regression_bases)
+
+
+def test_mixture_encoders_keep_their_offsets_in_output_units():
+    assert not ImplicitEncoder(2, 2, num_components=2).regression_base_pending
+    assert ImplicitEncoder(2, 2, num_components=2, regression_base=True).regression_base_pending
