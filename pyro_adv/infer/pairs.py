@@ -34,6 +34,7 @@ __all__ = [
     "PairLayout",
     "check_pathwise_guide",
     "fit_regression_bases",
+    "fit_regression_bases_forward",
     "observed_sites",
     "pair_latents",
     "pair_rows",
@@ -193,3 +194,54 @@ def fit_regression_bases(guide_trace, model_trace, real_nodes, latents, observed
             changed |= encoder.fit_regression_base(simulated, z)
             break
     return changed
+
+
+def regression_bases_pending(guide_trace, latents):
+    """Whether any latent is drawn by an encoder whose regression base is not fixed yet."""
+    return any(
+        getattr(
+            getattr(unwrap(guide_trace.nodes[n]["fn"])[0], "encoder", None),
+            "regression_base_pending",
+            False,
+        )
+        for n in latents
+    )
+
+
+def fit_regression_bases_forward(
+    model, guide_trace, model_trace, latents, args, kwargs, owner, vectorize
+):
+    r"""
+    :func:`fit_regression_bases` for an objective that does not simulate pairs itself
+    (:class:`~pyro_adv.infer.TraceAVB_ELBO`): the model is run forward once, without
+    gradients, on this step's plates, and its prior latents and simulated
+    observations are the pairs. Skipped when the model has parameters (a decoder
+    still being trained: the base would be fixed on its first, untrained
+    simulations).
+
+    :returns: whether any encoder changed.
+    :rtype: bool
+    """
+    from pyro_adv.infer.simulation import forward_simulations
+
+    if not regression_bases_pending(guide_trace, latents):
+        return False
+    if any(site["type"] == "param" for site in model_trace.nodes.values()):
+        return False
+    observed = [
+        n
+        for n, site in model_trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site)
+    ]
+    with torch.no_grad():
+        real_nodes = forward_simulations(
+            model,
+            guide_trace,
+            model_trace,
+            observed + list(latents),
+            args,
+            kwargs,
+            vectorize,
+            owner,
+        )
+    return fit_regression_bases(guide_trace, model_trace, real_nodes, latents, observed)

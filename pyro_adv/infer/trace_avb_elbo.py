@@ -10,6 +10,7 @@ from pyro_adv.infer.checks import check_positive_int
 from pyro_adv.infer.contrast import AdaptiveContrast
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.importance import RefitImportanceWeights, log_weight_resolution
+from pyro_adv.infer.pairs import fit_regression_bases_forward
 from pyro_adv.infer.particles import ParticleTraces
 from pyro_adv.infer.stats import MeanOf, StepStats
 from pyro_adv.infer.util import (
@@ -203,14 +204,24 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
             self.max_plate_nesting += 1  # the particle slot (see _vectorized_num_particles)
         self.validate_options()
 
+    _bases_checked = False  # whether the encoders' regression bases were looked at
+
     def _reset(self):
         super()._reset()
         self._mixture_references = {}  # fitted to the previous guide's draws
+        self._bases_checked = False
 
     def _losses(self, model, guide, args, kwargs):
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
         name = type(self).__name__
         latents = check_latents(model_trace, guide_trace, name)
+        if not self._bases_checked:
+            self._bases_checked = True  # once per guide: a forward run, then never again
+            vectorize = self._vectorized_num_particles
+            if fit_regression_bases_forward(
+                model, guide_trace, model_trace, latents, args, kwargs, name, vectorize
+            ):
+                return self._losses(model, guide, args, kwargs)
         for site_name, site in model_trace.nodes.items():
             if site["type"] == "sample" and site["is_observed"] and is_implicit(site["fn"]):
                 raise ValueError(

@@ -197,10 +197,11 @@ class ImplicitEncoder(nn.Module):
     the first call on a representative batch (the first training step does).
     Outside training the encoder samples with the weight average its objective
     keeps (:mod:`pyro_adv.nn.averaging`); set ``use_averages = False`` for the
-    raw weights. :class:`~pyro_adv.infer.Trace_ALI` also gives the encoder a
-    **regression base** before its first step (:meth:`fit_regression_base`): the
-    network then outputs the latents in units of the residual spread of a linear
-    regression on ``x``, around that regression's prediction.
+    raw weights. :class:`~pyro_adv.infer.Trace_ALI` and
+    :class:`~pyro_adv.infer.TraceAVB_ELBO` also give the encoder a **regression
+    base** before its first step (:meth:`fit_regression_base`): the network then
+    outputs the latents in units of the residual spread of a linear regression on
+    ``x``, around that regression's prediction.
 
     :param int input_dim: width of the context ``x``.
     :param int latent_dim: width of ``z``.
@@ -215,8 +216,9 @@ class ImplicitEncoder(nn.Module):
         by the last noise coordinate (:class:`~pyro_adv.nn.MixtureMLP`), for
         posteriors with separated modes.
     :param float component_spread: sd of the components' starting output offsets.
-    :param bool regression_base: let an objective that simulates ``(x, z)`` pairs
-        (:class:`~pyro_adv.infer.Trace_ALI`) fix a linear regression base on them
+    :param bool regression_base: let the objective (:class:`~pyro_adv.infer.Trace_ALI`,
+        :class:`~pyro_adv.infer.TraceAVB_ELBO`) fix a linear regression base on simulated
+        ``(x, z)`` pairs
         before the first step (:meth:`fit_regression_base`); ``False``: the network
         alone. Default: on with one component, off for a mixture (on two_moons the
         base drew both components of a two-component encoder onto one crescent).
@@ -330,10 +332,11 @@ class ImplicitEncoder(nn.Module):
         does not reach (ALI on random linear-Gaussian simulators left such
         directions 20-45% too narrow and the mean 0.3 sd off on half the seeds).
         :class:`~pyro_adv.infer.Trace_ALI` calls this once, on its first step's
-        simulated pairs, when the encoder's context is an observed site's value
-        (as :func:`~pyro_adv.infer.autoguide.amortized_guide` passes it) and the
-        model has no parameters being trained (a decoder's first simulations would
-        fix the base on an untrained model).
+        simulated pairs, and :class:`~pyro_adv.infer.TraceAVB_ELBO` on one
+        gradient-free forward run of the model, when the encoder's context is an
+        observed site's value (as :func:`~pyro_adv.infer.autoguide.amortized_guide`
+        passes it) and the model has no parameters being trained (a decoder's first
+        simulations would fix the base on an untrained model).
 
         :param torch.Tensor context: contexts of the simulated data, shape ``(n, input_dim)``.
         :param torch.Tensor z: their latents, shape ``(n, latent_dim)``.

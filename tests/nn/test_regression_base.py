@@ -109,9 +109,31 @@ def test_mixture_encoders_keep_their_offsets_in_output_units():
     assert ImplicitEncoder(2, 2, num_components=2, regression_base=True).regression_base_pending
 
 
+def test_trace_avb_elbo_fits_the_base_from_one_forward_run():
+    from pyro_adv.infer import TraceAVB_ELBO
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    sim = random_linear_simulator(5)
+    encoder = ImplicitEncoder(sim.dim_data, sim.dim_parameters, hidden_dims=(16,))
+    avb = TraceAVB_ELBO()
+    svi = SVI(sim.model, sim.guide(encoder), pyro.optim.Adam({"lr": 1e-3}), avb)
+    x = sim.sample_joint(2048, torch.Generator().manual_seed(0))[1]
+    svi.step(x)
+    assert encoder.base_fitted
+    _, coef, tril = exact_regression(sim)
+    assert torch.allclose(encoder.base_coef, coef, atol=0.1), (encoder.base_coef, coef)
+    assert torch.allclose(encoder.base_scale_tril, tril, atol=0.1)
+    before = encoder.base_coef.clone()
+    svi.step(x)
+    assert torch.equal(before, encoder.base_coef)
+
+
 def test_no_base_when_the_model_is_being_trained():
-    # full ALI: a decoder with parameters, whose first simulations would fix the base
-    # on an untrained model; the encoder is left as it is
+    # a decoder with parameters: its first simulations would fix the base on an
+    # untrained model, so the encoder is left as it is
+    from pyro_adv.infer import TraceAVB_ELBO
+
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     decoder = torch.nn.Linear(2, 3)
@@ -128,5 +150,8 @@ def test_no_base_when_the_model_is_being_trained():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", encoder(x))
 
-    SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ALI()).step(torch.randn(512, 3))
-    assert encoder.regression_base_pending
+    x = torch.randn(512, 3)
+    for objective in (TraceAVB_ELBO(), Trace_ALI()):
+        pyro.clear_param_store()
+        SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), objective).step(x)
+        assert encoder.regression_base_pending, type(objective).__name__
