@@ -31,7 +31,11 @@ def amortized_guide(encoder, latent="z", plate="data", data="x", name="encoder")
     ``q(z | x) = p(z | x)`` (the ELBO is maximized at each ``x``), and the prior
     predictive is often a poor one: on the exponential model it puts 1.7% of ``x``
     above 30 (see :func:`~pyro_adv.models.sample_training_observations` and the
-    user guide's "Train where you query").
+    user guide's "Train where you query"). On the first call an encoder with an
+    ``initialize_context`` method (:class:`~pyro_adv.nn.ImplicitEncoder`) fixes its
+    context preprocessing (the automatic log of skewed columns, the standardization)
+    from the whole data set, at most 4,096 evenly strided rows, not from the first
+    minibatch alone.
 
     :param encoder: a module ``x -> distribution`` of the latent (with the plate's
         batch shape), registered with :func:`pyro.module` as ``name``.
@@ -54,6 +58,11 @@ def amortized_guide(encoder, latent="z", plate="data", data="x", name="encoder")
                 f"{data}=; got {x!r}"
             )
         pyro.module(name, encoder)
+        initialize = getattr(encoder, "initialize_context", None)
+        if initialize is not None:
+            # the whole data set, not the first minibatch, fixes the context
+            # preprocessing (a no-op once fixed)
+            initialize(x.reshape(x.shape[0], -1))
         with pyro.plate(plate, x.shape[0], subsample_size=subsample_size) as idx:
             rows = x.index_select(0, idx.to(x.device))
             pyro.sample(latent, encoder(rows.reshape(rows.shape[0], -1)))

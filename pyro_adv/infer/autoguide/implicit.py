@@ -59,11 +59,12 @@ class AutoImplicit(AutoContinuous):
         sharing their hidden layers, one picked per draw by a bin of the last noise
         coordinate (:class:`~pyro_adv.nn.MixtureMLP`), so it can put mass on separated
         modes without a bridge between them. Each component starts at its own place:
-        prior draws reflected about the init in antithetic pairs, so the components
-        start spread over the prior and gradient descent carries them into different
+        prior draws reflected about the prior's centre (the coordinatewise median of
+        255 draws) in antithetic pairs, so the components start spread over the prior,
+        on both sides of its centre, and gradient descent carries them into different
         modes (see :doc:`/guide/modes`). ``1`` is a single network.
     :param float component_spread: multiplies the components' starting offsets from
-        the init (default 1: the prior draws themselves).
+        the prior's centre (default 1: the prior draws themselves).
     """
 
     use_averages = True
@@ -143,26 +144,32 @@ class AutoImplicit(AutoContinuous):
         self.sampler.use_averages = True
         self.register_buffer("_noise_loc", init.new_zeros(self.noise_dim))
 
-    def _component_offsets(self, init):
-        # prior draws reflected about the init (antithetic pairs): the components start
-        # spread over the prior, on both sides of the init, each in its own basin
+    def _component_offsets(self, init, num_centre_draws=255):
+        # prior draws reflected about the prior's centre (antithetic pairs) and
+        # expressed relative to the init: the components start spread over the prior, on
+        # both sides of its centre, each in its own basin. Reflecting about the init
+        # instead put both components of a pair on one side whenever the init (a median
+        # of 15 prior draws) landed off-centre: on the zoo's symmetric bimodal posterior
+        # 3 of 10 seeds then started, and stayed, with both components in one mode
         pairs = (self.num_components + 1) // 2
-        draws = []
-        for _ in range(pairs):
-            parts = []
-            for _, site in self.prototype_trace.iter_stochastic_nodes():
-                transform = biject_to(site["fn"].support)
-                try:
-                    u = transform.inv(site["fn"].sample().detach())
-                except NotImplementedError:
-                    # an improper prior (ImproperUniform) cannot be sampled: N(0, 1)
-                    # around the site's init in unconstrained space
-                    u = transform.inv(site["value"].detach())
-                    u = u + torch.randn_like(u)
-                parts.append(u.reshape(-1))
-            draws.append(torch.cat(parts).to(init) - init)
-        half = torch.stack(draws)
-        return torch.cat([half, -half])[: self.num_components] * self.component_spread
+        draws, centres = [], []
+        for _, site in self.prototype_trace.iter_stochastic_nodes():
+            transform = biject_to(site["fn"].support)
+            try:
+                u = transform.inv(site["fn"].sample((pairs + num_centre_draws,)).detach())
+                # the coordinatewise median: robust to heavy-tailed priors
+                centre = u[pairs:].median(0).values
+                u = u[:pairs]
+            except NotImplementedError:
+                # an improper prior (ImproperUniform) cannot be sampled: N(0, 1)
+                # around the site's init in unconstrained space
+                centre = transform.inv(site["value"].detach())
+                u = centre + torch.randn((pairs,) + centre.shape, dtype=centre.dtype)
+            draws.append(u.reshape(pairs, -1))
+            centres.append(centre.reshape(-1))
+        centre = torch.cat(centres).to(init)
+        half = (torch.cat(draws, -1).to(init) - centre) * self.component_spread
+        return (centre - init) + torch.cat([half, -half])[: self.num_components]
 
     def get_posterior(self, *args, **kwargs):
         """The joint implicit posterior over the packed unconstrained latent vector."""
