@@ -59,3 +59,61 @@ def test_zoo_quick_rows_cover_every_model_and_method():
             assert 0.0 <= r["c2st"] <= 1.0 and r["sd_ratio_min"] <= r["sd_ratio_max"]
     # one Markdown line per row, after the header and its separator
     assert markdown.count("\n| ") == len(rows)
+
+
+def test_sbi_table_shows_every_budget_beside_its_anchors():
+    from benchmarks import sbi
+
+    def cell(task, budget, method, value, metric="sbibm", observations=10):
+        return {
+            "task": task,
+            "simulations": budget,
+            "method": method,
+            "c2st_mean": value,
+            "metric": metric,
+            "num_observations": observations,
+            "published": {},  # stale in old cells: the table must not read anchors from here
+        }
+
+    rows = [
+        cell("two_moons", 1_000, "ali", 0.70),  # below NPE's 0.725
+        cell("two_moons", 100_000, "ali", 0.60),  # above NPE's 0.542
+        cell("two_moons", 10_000, "avb", 0.87, metric="fast", observations=3),
+        cell("slcp", 10_000, "ali", 0.95),  # above NPE's 0.901
+    ]
+    lines = sbi._markdown(rows, None).splitlines()
+    body = lines[2 : lines.index("")]
+    table = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in body}
+    # every task with a cell gets sbibm's three budgets, in order, and no other task a row
+    assert list(table) == [
+        ("two_moons", "1,000"),
+        ("two_moons", "10,000"),
+        ("two_moons", "100,000"),
+        ("slcp", "1,000"),
+        ("slcp", "10,000"),
+        ("slcp", "100,000"),
+    ]
+    assert lines[0].split("|")[3:-1] == [" ALI ", " AVB (likelihood) "] + [
+        f" {a} " for a in sbi.ANCHORS
+    ]
+    # each row carries that budget's published anchors (issue 11's table)
+    assert (
+        "| two_moons | 1,000 | 0.700 | not run | 0.725 | 0.643 | 0.773 | 0.822 | 0.911 | 0.854 |"
+        in lines
+    )
+    assert (
+        "| two_moons | 10,000 | not run | 0.870* (3 obs.) | 0.606 |"
+        in table[("two_moons", "10,000")]
+    )
+    assert (
+        "| two_moons | 100,000 | 0.600 | not run | 0.542 | 0.530 | 0.668 | 0.629 | 0.856 | 0.788 |"
+        in lines
+    )
+    assert (
+        "| slcp | 1,000 | not run | not run | 0.975 | 0.965 | 0.946 | 0.972 | 0.963 |  |" in lines
+    )
+    assert "| slcp | 10,000 | 0.950 | not run | 0.901 |" in table[("slcp", "10,000")]
+    # the NPE summary counts each method's own cells
+    summary = next(line for line in lines if line.startswith("At or below NPE"))
+    assert "ALI (simulation bank) 1 of 3 cells;" in summary
+    assert "AVB (likelihood) 0 of 1 cells (1 of them `*` or partial)" in summary
