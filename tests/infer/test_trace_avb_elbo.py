@@ -8,11 +8,9 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 
 from benchmarks.recipes import (
     evaluate_conjugate_gaussian,
-    evaluate_exponential,
     evaluate_gamma_poisson,
     failures,
     fit_conjugate_gaussian,
-    fit_exponential_avb,
     fit_gamma_poisson,
 )
 from pyro_adv.infer import NonFiniteLossError, TraceAVB_ELBO, is_discriminator_param
@@ -164,15 +162,6 @@ def test_nan_names_the_player():
     x = torch.tensor([1.0, float("nan")])
     with pytest.raises(NonFiniteLossError, match="generator"):
         SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceAVB_ELBO()).step(x)
-
-
-@pytest.mark.slow
-def test_exponential_posterior_amortized_encoder():
-    """Thesis 4.2.1, amortized over observations from 0.25 to 40, queried at x = 1 and 30."""
-    fitted = fit_exponential_avb()
-    # the tolerances, and the known gap at x=30, are in benchmarks.recipes.TOLERANCES
-    errors, _ = evaluate_exponential(fitted.encoder, num_samples=5000)
-    assert not failures("exponential_avb", errors), errors
 
 
 def test_subsampled_elbo_is_unbiased_for_the_full_batch():
