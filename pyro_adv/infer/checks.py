@@ -28,7 +28,7 @@ import warnings
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
+from pyro.poutine.util import site_is_factor, site_is_subsample
 
 from pyro_adv.nn.averaging import raw_weights
 
@@ -277,7 +277,12 @@ class StepChecks:
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
             value = site["value"]
-            if site["is_observed"] and torch.is_tensor(value) and value.numel() == 0:
+            if (
+                site["is_observed"]
+                and torch.is_tensor(value)
+                and value.numel() == 0
+                and not site_is_factor(site)  # a factor's value is empty by design
+            ):
                 raise ValueError(
                     f"{name}: observed site '{site_name}' is empty (shape "
                     f"{tuple(value.shape)}); pass at least one observation"
