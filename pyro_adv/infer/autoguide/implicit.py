@@ -65,6 +65,14 @@ class AutoImplicit(AutoContinuous):
         modes (see :doc:`/guide/modes`). ``1`` is a single network.
     :param float component_spread: multiplies the components' starting offsets from
         the prior's centre (default 1: the prior draws themselves).
+    :param bool learn_weights: learn the mixture weights :math:`w = \mathrm{softmax}(a)`
+        (default, with ``num_components > 1``), so modes of unequal mass get their
+        shares; ``False`` keeps them equal. In training each draw's component is an
+        auxiliary ``Categorical`` site ``_<name>_component`` of the guide, whose
+        weights :class:`~pyro_adv.infer.TraceAVB_ELBO` learns by the score function
+        (:math:`\partial \mathcal{L} / \partial w_k = \mathbb{E}_{q_k}[\log q - \log p]`
+        up to a constant); :meth:`get_posterior` picks the component by a bin of the
+        last noise coordinate, with the learned weights as bin widths.
     """
 
     use_averages = True
@@ -80,6 +88,7 @@ class AutoImplicit(AutoContinuous):
         init_scale=0.1,
         num_components=1,
         component_spread=None,
+        learn_weights=True,
     ):
         if init_scale <= 0:
             raise ValueError(f"AutoImplicit: init_scale must be positive, got {init_scale}")
@@ -95,6 +104,7 @@ class AutoImplicit(AutoContinuous):
         self._init_scale = init_scale
         self.num_components = num_components
         self.component_spread = 1.0 if component_spread is None else component_spread
+        self.learn_weights = bool(learn_weights)
         super().__init__(model, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
@@ -141,8 +151,12 @@ class AutoImplicit(AutoContinuous):
         if self.num_components > 1:
             with torch.no_grad():
                 self.sampler.offsets.copy_(self._component_offsets(init))
+        if self._weighted:
+            self.component_logits = torch.nn.Parameter(init.new_zeros(self.num_components))
         self.sampler.use_averages = True
-        self.register_buffer("_noise_loc", init.new_zeros(self.noise_dim))
+        # with learned weights one more noise coordinate, seen by no network, picks the
+        # component (see _generate)
+        self.register_buffer("_noise_loc", init.new_zeros(self.noise_dim + self._weighted))
 
     def _component_offsets(self, init, num_centre_draws=255):
         # prior draws reflected about the prior's centre (antithetic pairs) and
@@ -171,18 +185,75 @@ class AutoImplicit(AutoContinuous):
         half = (torch.cat(draws, -1).to(init) - centre) * self.component_spread
         return (centre - init) + torch.cat([half, -half])[: self.num_components]
 
+    @property
+    def _weighted(self):
+        return self.num_components > 1 and self.learn_weights
+
+    def component_weights(self):
+        """The mixture weights :math:`w_k` (equal unless ``learn_weights``), detached."""
+        if not self._weighted:
+            return torch.full((self.num_components,), 1.0 / self.num_components)
+        return self._component_distribution().probs.detach()
+
+    def _component_distribution(self):
+        logits = self.component_logits
+        if self.use_averages:
+            logits = averaged_value(logits)
+        return dist.Categorical(logits=logits, validate_args=False)
+
     def get_posterior(self, *args, **kwargs):
         """The joint implicit posterior over the packed unconstrained latent vector."""
+        return self._posterior()
+
+    def _posterior(self, component=None):
         # standard normal noise: nothing to validate (a device read per argument check)
         noise = dist.Normal(self._noise_loc, 1.0, validate_args=False).to_event(1)
-        return ImplicitDistribution(self._generate, noise, event_shape=(self.latent_dim,))
+        generate = self._generate
+        if component is not None:
 
-    def _generate(self, eps):
+            def generate(eps):
+                return self._generate(eps, component)
+
+        return ImplicitDistribution(generate, noise, event_shape=(self.latent_dim,))
+
+    def sample_latent(self, *args, **kwargs):
+        """
+        Draws the packed unconstrained latent vector; with learned mixture weights the
+        component is drawn first, at its own auxiliary site, for the score function.
+        """
+        if not self._weighted:
+            return super().sample_latent(*args, **kwargs)
+        component = pyro.sample(
+            f"_{self._pyro_name}_component",
+            self._component_distribution(),
+            infer={"is_auxiliary": True},
+        )
+        return pyro.sample(
+            f"_{self._pyro_name}_latent",
+            self._posterior(component),
+            infer={"is_auxiliary": True},
+        )
+
+    def _generate(self, eps, component=None):
+        if self._weighted:
+            eps, selector = eps[..., :-1], eps[..., -1]
+            if component is None:
+                # the learned weights as the widths of the selector's bins: the same
+                # draws as a Categorical site, without one
+                with torch.no_grad():
+                    edges = self._component_distribution().probs.cumsum(-1)[:-1]
+                    u = 0.5 * torch.erfc(-selector / 2**0.5)
+                    component = torch.searchsorted(edges, u.contiguous())
         # the weight averages outside training (see pyro_adv.nn.averaging)
         if not self.use_averages:
             with raw_weights():
-                return self.loc + self.sampler(eps)
-        return averaged_value(self.loc) + self.sampler(eps)
+                return self.loc + self._sample(eps, component)
+        return averaged_value(self.loc) + self._sample(eps, component)
+
+    def _sample(self, eps, component):
+        if component is None:
+            return self.sampler(eps)
+        return self.sampler(eps, component=component)
 
     @property
     def joint_name(self):
