@@ -86,3 +86,25 @@ def test_draws_follow_the_learned_weights(path):
     share = (z > 0).double().mean().item()
     assert abs(share - 0.7) < 0.02, share
     assert guide.component_weights().tolist() == pytest.approx([0.7, 0.3], abs=1e-6)
+
+
+def test_both_sampling_paths_draw_the_same_components():
+    # the bins' coordinate must reach no network: were it also an input, each
+    # component would see only its own bin of it when sampling, unlike in training
+    tilted = Bimodal()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoImplicit(tilted.model, num_components=2, init_scale=1.0)
+    guide(*tilted.args)
+    with torch.no_grad():
+        guide.sampler.offsets.copy_(torch.tensor([[10.0], [-10.0]]) - guide.loc)
+        guide.component_logits.copy_(torch.tensor([math.log(0.7), math.log(0.3)]))
+        n = 40_000
+        with pyro.plate("draws", n, dim=-2):
+            site = poutine.trace(guide).get_trace(*tilted.args).nodes["z"]["value"].reshape(-1)
+        bins = guide.get_posterior().rsample((n,)).reshape(-1)
+    for side in (1, -1):
+        a, b = site[site * side > 0], bins[bins * side > 0]
+        se = (a.var() / len(a) + b.var() / len(b)).sqrt()
+        assert abs(a.mean() - b.mean()) < 4 * se, (side, a.mean(), b.mean(), se)
+        assert abs(a.std() / b.std() - 1) < 0.05, (side, a.std(), b.std())
