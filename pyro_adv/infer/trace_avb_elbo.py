@@ -1,5 +1,7 @@
 r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2)."""
 
+import warnings
+
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
@@ -319,6 +321,16 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         elbo_particles = log_p - log_q_explicit - log_q_implicit
         loss = -_mean(elbo_particles)
         score = _auxiliary_score(guide_trace, latents, nesting)
+        warned = self.__dict__.get("_warned_single_particle_score", False)
+        if score is not None and self.num_particles < 2 and not warned:
+            self._warned_single_particle_score = True
+            warnings.warn(
+                f"{name}: the guide's auxiliary non-reparameterized sites (e.g. "
+                "AutoImplicit's mixture weights) learn by a score function whose baseline "
+                "is the other particles' mean; with num_particles=1 they do not learn. "
+                "Use num_particles >= 2 (the default is 16).",
+                stacklevel=3,
+            )
         if score is not None:
             # discrete auxiliary guide sites (a mixture's component): the score function
             # of the particles' ELBO terms, with the other particles' mean as baseline

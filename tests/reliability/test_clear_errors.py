@@ -222,3 +222,10 @@ def test_avb_factor_sites_are_scored_not_refused():
 
     svi = SVI(model, AutoImplicit(model), pyro.optim.Adam({"lr": 1e-3}), TraceAVB_ELBO())
     assert torch.isfinite(torch.tensor(svi.step(torch.randn(4))))
+
+
+def test_avb_says_one_particle_cannot_learn_mixture_weights():
+    guide = AutoImplicit(_global_model, num_components=2)
+    svi = SVI(_global_model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceAVB_ELBO(num_particles=1))
+    with pytest.warns(UserWarning, match="num_particles=1"):
+        svi.step(torch.randn(4))
