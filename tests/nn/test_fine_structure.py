@@ -189,7 +189,7 @@ def test_trace_gan_gives_a_placed_mixture_generator_mode_features():
     # the placement's k-means centres (~10 points a mode) and the modes' sd
     nearest = torch.cdist(disc.centres, grid_centres()).min(-1)
     assert nearest.values.max() < 0.1 and len(set(nearest.indices.tolist())) == 25
-    assert math.isclose(disc.bandwidth, GRID_SD, rel_tol=0.2), disc.bandwidth
+    assert math.isclose(disc.bandwidth, 0.7 * GRID_SD, rel_tol=0.2), disc.bandwidth
     assert disc.net[0].in_features == 2 + 25
     assert disc(data[:7]).shape == (7,)
     # and the input gain, as the plain default
