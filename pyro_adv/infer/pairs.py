@@ -96,6 +96,24 @@ def check_pathwise_guide(guide_trace, latents, owner):
                 "reparameterizable; Trace_ALI trains the guide through its samples "
                 "(pathwise gradients)."
             )
+    for site_name, site in guide_trace.nodes.items():
+        fn = site.get("fn")
+        if (
+            site["type"] == "sample"
+            and site_name not in latents
+            and site["infer"].get("is_auxiliary")
+            and not getattr(fn, "has_rsample", True)
+            and depends_on_parameters(fn)
+        ):
+            # e.g. AutoImplicit's learned mixture weights: only AVB's score function
+            # trains them; here they would silently stay where they started
+            warnings.warn(
+                f"{owner} does not train the parameters of the guide's auxiliary site "
+                f"'{site_name}' ({type(unwrap(fn)[0]).__name__}: no pathwise gradient); "
+                "they keep their initial values (for AutoImplicit's mixture weights: equal "
+                "weights). Pass learn_weights=False to say so, or train with TraceAVB_ELBO.",
+                stacklevel=2,
+            )
 
 
 def pair_latents(group, nodes, guide_trace, model_trace, simulated, layout):

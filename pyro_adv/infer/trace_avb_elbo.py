@@ -1,7 +1,10 @@
 r"""Adversarial Variational Bayes (Mescheder et al. 2017; thesis section 4.2)."""
 
+import warnings
+
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses
@@ -317,6 +320,21 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         # model term above omits log p(z) (the Jacobians cancel).
         elbo_particles = log_p - log_q_explicit - log_q_implicit
         loss = -_mean(elbo_particles)
+        score = _auxiliary_score(guide_trace, latents, nesting)
+        warned = self.__dict__.get("_warned_single_particle_score", False)
+        if score is not None and self.num_particles < 2 and not warned:
+            self._warned_single_particle_score = True
+            warnings.warn(
+                f"{name}: the guide's auxiliary non-reparameterized sites (e.g. "
+                "AutoImplicit's mixture weights) learn by a score function whose baseline "
+                "is the other particles' mean; with num_particles=1 they do not learn. "
+                "Use num_particles >= 2 (the default is 16).",
+                stacklevel=3,
+            )
+        if score is not None:
+            # discrete auxiliary guide sites (a mixture's component): the score function
+            # of the particles' ELBO terms, with the other particles' mean as baseline
+            loss = loss - _mean(score * _leave_one_out(elbo_particles.detach()))
         d_loss = sum(d_losses) if d_losses else loss.new_zeros(())
         # kept on the device until read (one read for all; see StepStats)
         stats = StepStats(
@@ -402,6 +420,47 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         # the range of logits on the training draws, per context
         seen = torch.cat([real_logits, fake_logits]).detach()
         return self._bounded_terms(t, seen, d_loss, accs)
+
+
+def _auxiliary_score(guide_trace, latents, nesting):
+    r"""
+    :math:`\sum \log q(k)` per particle over the guide's auxiliary sites that are not
+    reparameterized (e.g. :class:`~pyro_adv.infer.autoguide.AutoImplicit`'s mixture
+    component), or ``None``. Their gradient is the score function
+    :math:`\nabla \mathbb{E}_{q(k)}[f] = \mathbb{E}[f\,\nabla \log q(k)]` (Williams
+    1992) of the particle's ELBO term :math:`f = \log p - \log q(z)`, where
+    :math:`q(z)` is the marginal the discriminator estimates.
+    """
+    score = None
+    for site_name, site in guide_trace.nodes.items():
+        if (
+            site["type"] != "sample"
+            or site_name in latents
+            or site["is_observed"]
+            or site_is_subsample(site)
+            or not site["infer"].get("is_auxiliary")
+            or getattr(site["fn"], "has_rsample", True)
+        ):
+            continue
+        term = particle_sum(site["log_prob"], nesting, 0)
+        score = term if score is None else score + term
+    return score
+
+
+def _leave_one_out(f):
+    r"""
+    ``f`` minus the mean of the other particles' values (an unbiased baseline), over
+    the particles' spread. Dividing by a positive number per step leaves the fixed
+    points (equal :math:`\mathbb{E}_{q_k}[f]` over the components) where they are, and
+    keeps the gradient's scale steady: early in a fit :math:`f` spreads over thousands
+    of nats, and Adam's second moment would remember that for a thousand steps,
+    freezing the weights long before the components settle.
+    """
+    n = f.numel()
+    if n < 2:
+        return f - f  # one particle: no baseline without bias; no score gradient
+    advantage = (n * f - f.sum()) / (n - 1)
+    return advantage / f.std().clamp_min(1e-6)
 
 
 def _expand(c, v):

@@ -176,7 +176,14 @@ class MixtureMLP(nn.Module):
         """The component index of each input row."""
         return component_index(x[..., self.selector], self.num_components)
 
-    def forward(self, x):
+    def forward(self, x, component=None):
+        """
+        :param torch.Tensor x: inputs, shape ``batch + (input_dim,)``.
+        :param torch.Tensor component: optional component indices (integers in
+            ``[0, K)``, broadcastable to ``batch``) drawn elsewhere, e.g. from learned
+            mixture weights (:class:`~pyro_adv.infer.autoguide.AutoImplicit`); by
+            default the selector column picks the component (equal weights).
+        """
         if self.num_components == 1:
             return self.net(x)
         if x.shape[-1] != self.input_dim:
@@ -184,7 +191,12 @@ class MixtureMLP(nn.Module):
                 f"MixtureMLP: expected inputs with {self.input_dim} features, "
                 f"got shape {tuple(x.shape)}"
             )
-        k = self.component(x)
+        if component is None:
+            k = self.component(x)
+        else:
+            k = torch.as_tensor(component, device=x.device).long()
+            k = k.expand(torch.broadcast_shapes(k.shape, x.shape[:-1]))
+            x = x.expand(k.shape + x.shape[-1:])
         dtype = self.net.net[0].weight.dtype
         code = nn.functional.one_hot(k, self.num_components).to(dtype)
         offsets = averaged_value(self.offsets) if self.use_averages else self.offsets

@@ -1,5 +1,7 @@
 """Issue 13, clear errors: bad options and data fail early with a message that says why."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -187,3 +189,43 @@ def test_autoimplicit_quantiles_are_sample_quantiles():
     assert abs(float(q["loc"][1] - draws.median())) < 0.3 * float(draws.std())
     with pytest.raises(ValueError, match="probabilities in"):
         guide.quantiles([1.5], data)
+
+
+def _global_model(x):
+    z = pyro.sample("z", dist.Normal(0.0, 2.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def test_ali_says_it_does_not_learn_mixture_weights():
+    # only AVB's score function trains AutoImplicit's mixture weights; ALI must say
+    # they stay equal rather than leave them so silently
+    guide = AutoImplicit(_global_model, num_components=2)
+    svi = SVI(_global_model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ALI())
+    with pytest.warns(UserWarning, match="auxiliary site '_AutoImplicit_component'"):
+        svi.step(torch.randn(4))
+    pyro.clear_param_store()
+    guide = AutoImplicit(_global_model, num_components=2, learn_weights=False)
+    svi = SVI(_global_model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ALI())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*auxiliary site")
+        svi.step(torch.randn(4))
+
+
+def test_avb_factor_sites_are_scored_not_refused():
+    # pyro.factor's value is empty by design; it used to be refused as empty data
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 2.0))
+        pyro.factor("pull", -0.5 * (z - 1.0) ** 2)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    svi = SVI(model, AutoImplicit(model), pyro.optim.Adam({"lr": 1e-3}), TraceAVB_ELBO())
+    assert torch.isfinite(torch.tensor(svi.step(torch.randn(4))))
+
+
+def test_avb_says_one_particle_cannot_learn_mixture_weights():
+    guide = AutoImplicit(_global_model, num_components=2)
+    svi = SVI(_global_model, guide, pyro.optim.Adam({"lr": 1e-3}), TraceAVB_ELBO(num_particles=1))
+    with pytest.warns(UserWarning, match="num_particles=1"):
+        svi.step(torch.randn(4))
