@@ -7,7 +7,8 @@ Table 9, separated modes: does each sampler put mass on every mode?
   (``pyro_adv.diagnostics.mode_coverage``), the fraction of such high-quality points
   and the reverse KL of their histogram over the modes against uniform. Methods: a
   plain MLP generator; a mixture generator (``MLPGenerator(num_components=K)``, its
-  components placed on k-means centres of the first batch, the default), the same with
+  components placed on k-means centres of the first batch and its discriminator given
+  mode features at those centres, the default), the same with
   random starting offsets (``component_init="spread"``); a packed discriminator
   (``PackedDiscriminator(pack=2)``, PacGAN2). Every fit uses ``Trace_GAN``'s default
   optimizer. The published

@@ -132,7 +132,9 @@ class Trace_GAN(TwoSampleGame, AdversarialObjective):
         with ``input_gain="auto"``: sharply clustered data, such as separated modes
         much narrower than their spread, are scaled up so the network resolves them
         from the first step; Gaussian-like data are left as they are, see
-        :func:`~pyro_adv.nn.mlp.fine_structure_gain`), an
+        :func:`~pyro_adv.nn.mlp.fine_structure_gain`; for a group that is one site
+        simulated by a mixture generator this objective placed on the data, a
+        :class:`~pyro_adv.nn.ModeFeatureDiscriminator` with the placement's centres), an
         ``nn.Module`` mapping ``(rows, features)`` to ``(rows,)`` logits (models with
         one group), or a factory ``key -> nn.Module`` with ``key`` the group's plate
         name or ``"global"``.
