@@ -1,7 +1,12 @@
 """Networks for adversarial inference: generators, implicit encoders, discriminators."""
 
 from pyro_adv.nn.averaging import ParameterEMA, raw_weights
-from pyro_adv.nn.discriminators import Discriminator, PackedDiscriminator, PairDiscriminator
+from pyro_adv.nn.discriminators import (
+    Discriminator,
+    ModeFeatureDiscriminator,
+    PackedDiscriminator,
+    PairDiscriminator,
+)
 from pyro_adv.nn.generators import ImplicitEncoder, MLPGenerator
 from pyro_adv.nn.mixture import MixtureMLP, component_index
 from pyro_adv.nn.mlp import MLP, get_activation
@@ -12,6 +17,7 @@ __all__ = [
     "ImplicitEncoder",
     "MLPGenerator",
     "MixtureMLP",
+    "ModeFeatureDiscriminator",
     "PackedDiscriminator",
     "PairDiscriminator",
     "ParameterEMA",

@@ -5,7 +5,7 @@ from torch import nn
 
 from pyro_adv.nn.mlp import MLP
 
-__all__ = ["Discriminator", "PackedDiscriminator", "PairDiscriminator"]
+__all__ = ["Discriminator", "ModeFeatureDiscriminator", "PackedDiscriminator", "PairDiscriminator"]
 
 
 class Discriminator(MLP):
@@ -35,6 +35,91 @@ class Discriminator(MLP):
 
     def forward(self, z):
         return super().forward(z).squeeze(-1)
+
+
+class ModeFeatureDiscriminator(Discriminator):
+    r"""
+    A :class:`Discriminator` that also sees how close each input is to each of
+    :math:`K` known mode centres :math:`c_1..c_K`: beside the standardized input it
+    gets the radial features
+
+    .. math:: \phi_j(x) = \exp\big(-\lVert x - c_j \rVert^2 / 2 s^2\big),
+              \qquad j = 1..K,
+
+    with :math:`s` the modes' width. They are functions of :math:`x`, so the game's
+    optimum is the same (the logit still estimates :math:`\log p(x) / q(x)`); what
+    changes is what the network can *learn*. An MLP with standardized inputs starts
+    smooth on the scale of the data's spread (spectral bias, Rahaman et al. 2019),
+    and separated modes much narrower than their spacing need a bump of the logit at
+    each one: on the 25-Gaussian grid (sd 0.05, spacing 2) the default discriminator
+    of a mixture generator stayed at chance (accuracy 0.49-0.52, logit sd 0.01-0.12,
+    from step 250 on) while the generator's components sat 0.06-0.08 (1-2 sd) off their
+    modes, and a fresh discriminator trained 3,000 steps against such a generator
+    reached 58% accuracy. With :math:`\phi_j` a bump at mode :math:`j` is one weight.
+    :class:`~pyro_adv.infer.Trace_GAN` builds one by default for a mixture generator
+    whose components it placed on the data
+    (:meth:`~pyro_adv.nn.MLPGenerator.place_components`), with that placement's
+    k-means centres and the data's root-mean-square distance to them as :math:`s`.
+
+    :param torch.Tensor centres: the mode centres, shape ``(K, d)``, in the units of
+        the discriminator's input.
+    :param float bandwidth: :math:`s`, in the same units.
+    :param tuple hidden_dims: widths of the hidden layers.
+    :param activation: hidden activation.
+    :param input_gain: as :class:`Discriminator`'s (default ``"auto"``).
+    """
+
+    def __init__(
+        self, centres, bandwidth, hidden_dims=(64, 64), activation="elu", input_gain="auto"
+    ):
+        if not torch.is_tensor(centres) or centres.dim() != 2 or centres.shape[0] < 1:
+            raise ValueError(
+                "ModeFeatureDiscriminator: centres must be a (K, d) tensor, got "
+                f"{tuple(centres.shape) if torch.is_tensor(centres) else type(centres).__name__}"
+            )
+        if not (isinstance(bandwidth, (int, float)) and bandwidth > 0):
+            raise ValueError(
+                f"ModeFeatureDiscriminator: bandwidth must be a positive number, got {bandwidth!r}"
+            )
+        super().__init__(hidden_dims, activation, standardize_input=True, input_gain=input_gain)
+        self.register_buffer("centres", centres.detach().clone())
+        self.bandwidth = float(bandwidth)
+
+    def mode_features(self, x):
+        r""":math:`\phi_j(x)` for every row of ``x``, shape ``x.shape[:-1] + (K,)``."""
+        d2 = (x.unsqueeze(-2) - self.centres.to(x)).pow(2).sum(-1)
+        return torch.exp(-0.5 * d2 / self.bandwidth**2)
+
+    def initialize(self, x):
+        """Fixes the input standardization from ``x`` and builds the layers (input and features)."""
+        x = x.detach()
+        fresh = self.net is None
+        if x.shape[-1] != self.centres.shape[-1]:
+            raise ValueError(
+                f"ModeFeatureDiscriminator: inputs have {x.shape[-1]} features but the "
+                f"centres {self.centres.shape[-1]}"
+            )
+        super().initialize(x)
+        if fresh:
+            # rebuilt with room for the K mode features beside the d inputs
+            weight = self.net[0].weight
+            self._build(x.shape[-1] + self.centres.shape[0], weight.device, weight.dtype)
+            self.input_dim = x.shape[-1]
+        return self
+
+    def forward(self, z):
+        if self.net is None or self.input_loc is None:
+            self.initialize(z)
+        if z.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"ModeFeatureDiscriminator: expected inputs with {self.input_dim} features, "
+                f"got shape {tuple(z.shape)}"
+            )
+        dtype = self.net[0].weight.dtype
+        if z.dtype != dtype:
+            z = z.to(dtype)
+        h = (z - self.input_loc) / self.input_scale
+        return self.net(torch.cat([h, self.mode_features(z)], -1)).squeeze(-1)
 
 
 class PairDiscriminator(Discriminator):

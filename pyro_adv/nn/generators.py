@@ -97,6 +97,10 @@ class MLPGenerator(MLP):
         # placed once, on fresh offsets only: a generator whose offsets came back from a
         # checkpoint or the param store keeps them (see place_components)
         self._initial_offsets = None
+        # the k-means centres and width of the placement (place_components), for the
+        # discriminator's mode features; not saved with the state
+        self.component_centres = None
+        self.component_bandwidth = None
         if num_components > 1 and component_init == "data":
             self._initial_offsets = self.offsets.detach().cpu().clone()
 
@@ -121,7 +125,11 @@ class MLPGenerator(MLP):
         a cluster of the data. Separated modes then need no component to cross a
         gap during training, which gradient descent rarely does (Salmona et al.
         2022). :class:`~pyro_adv.infer.Trace_GAN` calls this once, on the first
-        batch of each observed site a mixture generator simulates. (Also matching
+        batch of each observed site a mixture generator simulates, and gives that
+        site's discriminator the centres as mode features
+        (:class:`~pyro_adv.nn.ModeFeatureDiscriminator`; kept here as
+        ``component_centres`` and ``component_bandwidth``, the data's root-mean-square
+        distance per coordinate to their centre). (Also matching
         each cluster's width, by per-component or shared output scales, measured
         worse on the 25-Gaussian grid: see :doc:`/guide/modes`.)
 
@@ -137,6 +145,10 @@ class MLPGenerator(MLP):
                 f"{self.num_components} components"
             )
         centres = kmeans(data, self.num_components)
+        nearest = torch.cdist(data, centres).argmin(-1)
+        self.component_centres = centres.clone()
+        # the root-mean-square distance of a coordinate to its centre
+        self.component_bandwidth = float((data - centres[nearest]).pow(2).mean().sqrt())
         eps = self.noise(num_draws).sample()
         k = self.component(eps)
         code = nn.functional.one_hot(k, self.num_components).to(eps.dtype)
