@@ -188,6 +188,41 @@ class MLPGenerator(MLP):
         return ImplicitDistribution(self, self.noise(*batch_shape), (self.output_dim,))
 
 
+def _mixture_of_regressions(design, z, num_components, jitter, iterations=50):
+    r"""
+    A mixture of :math:`K` linear regressions :math:`z \sim \sum_k \pi_k
+    N(X \beta_k, \Sigma_k)` fitted by EM (Jacobs et al. 1991; the regressions share
+    the design :math:`X`), started from k-means on the residuals of one regression:
+    a posterior with several branches (:math:`z \approx \pm\sqrt{x}`) gets one
+    regression per branch. ``None`` if a covariance is not positive definite.
+
+    :returns: ``(coef (K, p, d), scale_tril (K, d, d))``.
+    """
+    n, p = design.shape
+    d = z.shape[1]
+    one = torch.linalg.lstsq(design, z).solution
+    labels = torch.cdist(z - design @ one, kmeans(z - design @ one, num_components)).argmin(-1)
+    resp = torch.nn.functional.one_hot(labels, num_components).to(z.dtype)  # (n, K)
+    eye_p = torch.eye(p, dtype=z.dtype)
+    floor = jitter * z.var(0).clamp_min(1e-30)
+    for it in range(iterations + 1):
+        weight = resp.sum(0).clamp_min(1e-9)  # (K,)
+        xw = design.T.unsqueeze(0) * resp.T.unsqueeze(1)  # (K, p, n)
+        coef = torch.linalg.solve(xw @ design + 1e-9 * eye_p, xw @ z)  # (K, p, d)
+        residual = z.unsqueeze(0) - design.unsqueeze(0) @ coef  # (K, n, d)
+        cov = (residual.mT * resp.T.unsqueeze(1)) @ residual / weight[:, None, None]
+        cov = cov + torch.diag_embed(floor.expand(num_components, d))
+        tril, info = torch.linalg.cholesky_ex(cov)
+        if bool((info != 0).any()) or not torch.isfinite(tril).all():
+            return None
+        if it == iterations:
+            return coef, tril
+        log_lik = torch.distributions.MultivariateNormal(
+            torch.zeros(d, dtype=z.dtype), scale_tril=tril.unsqueeze(1)
+        ).log_prob(residual)  # (K, n)
+        resp = torch.softmax(log_lik.T + torch.log(weight / n), -1)
+
+
 class ImplicitEncoder(nn.Module):
     r"""
     An amortized implicit posterior ``z = G(x, eps)`` (Mescheder et al. 2017,
@@ -265,8 +300,11 @@ class ImplicitEncoder(nn.Module):
         :class:`~pyro_adv.infer.TraceAVB_ELBO`) fix a linear regression base on simulated
         ``(x, z)`` pairs
         before the first step (:meth:`fit_regression_base`); ``False``: the network
-        alone. Default: on with one component, off for a mixture (on two_moons the
-        base drew both components of a two-component encoder onto one crescent).
+        alone. A mixture gets one regression per component, a mixture of linear
+        regressions fitted by EM, so each component starts on its own branch of a
+        multimodal posterior. Default: on with one component, off for a mixture (a
+        single shared base drew both components of a two-component encoder onto one
+        crescent of two_moons; the per-component base is not yet measured there).
     """
 
     use_averages = True
@@ -351,9 +389,12 @@ class ImplicitEncoder(nn.Module):
         self.regression_base = (
             num_components == 1 if regression_base is None else bool(regression_base)
         )
-        self.register_buffer("base_loc", torch.zeros(latent_dim))
-        self.register_buffer("base_coef", torch.zeros(latent_dim, input_dim))
-        self.register_buffer("base_scale_tril", torch.eye(latent_dim))
+        # a mixture gets one base per component (a mixture of regressions)
+        lead = (num_components,) if num_components > 1 else ()
+        self.register_buffer("base_loc", torch.zeros(lead + (latent_dim,)))
+        self.register_buffer("base_coef", torch.zeros(lead + (latent_dim, input_dim)))
+        eye = torch.eye(latent_dim).expand(lead + (-1, -1)).clone()
+        self.register_buffer("base_scale_tril", eye)
         self.register_buffer("base_fitted", torch.tensor(False))
 
     @property
@@ -404,6 +445,12 @@ class ImplicitEncoder(nn.Module):
         passes it) and the model has no parameters being trained (a decoder's first
         simulations would fix the base on an untrained model).
 
+        A mixture encoder (``num_components = K > 1``) gets a mixture of :math:`K`
+        linear regressions instead, fitted by EM from k-means on the one regression's
+        residuals, one base :math:`(a_k, B_k, L_k)` per component and no offsets on
+        top: where the posterior has several branches (:math:`z \approx \pm\sqrt{x}`,
+        on which one regression is flat) each component starts on its own.
+
         :param torch.Tensor context: contexts of the simulated data, shape ``(n, input_dim)``.
         :param torch.Tensor z: their latents, shape ``(n, latent_dim)``.
         :param int rows_per_coefficient: fewer than this many rows per regression
@@ -419,15 +466,23 @@ class ImplicitEncoder(nn.Module):
         if not (torch.isfinite(c).all() and torch.isfinite(z).all()):
             return False
         design = torch.cat([torch.ones_like(c[:, :1]), c], -1).double()
-        coef = torch.linalg.lstsq(design, z.double()).solution  # (1 + input_dim, latent_dim)
-        residual = z.double() - design @ coef
-        covariance = residual.mT @ residual / max(n - design.shape[1], 1)
-        scale = covariance.diagonal().clamp_min(1e-30)
-        tril, info = torch.linalg.cholesky_ex(covariance + jitter * torch.diag(scale))
-        if info.item() != 0 or not torch.isfinite(tril).all():
-            return False
-        self.base_loc.copy_(coef[0])
-        self.base_coef.copy_(coef[1:].mT)
+        if self.num_components > 1:
+            fitted = _mixture_of_regressions(design, z.double(), self.num_components, jitter)
+            if fitted is None:
+                return False
+            coef, tril = fitted  # (K, 1 + input_dim, latent_dim), (K, latent_dim, latent_dim)
+            # each component starts on its own regression: no offsets on top
+            self.net.offsets.data.zero_()
+        else:
+            coef = torch.linalg.lstsq(design, z.double()).solution  # (1 + input_dim, latent_dim)
+            residual = z.double() - design @ coef
+            covariance = residual.mT @ residual / max(n - design.shape[1], 1)
+            scale = covariance.diagonal().clamp_min(1e-30)
+            tril, info = torch.linalg.cholesky_ex(covariance + jitter * torch.diag(scale))
+            if info.item() != 0 or not torch.isfinite(tril).all():
+                return False
+        self.base_loc.copy_(coef[..., 0, :])
+        self.base_coef.copy_(coef[..., 1:, :].mT)
         self.base_scale_tril.copy_(tril)
         self._set_buffer_flag("base_fitted")
         return True
@@ -540,6 +595,12 @@ class ImplicitEncoder(nn.Module):
         )
         out = self.net(inputs)
         if self._base_ready():
+            if self.num_components > 1:
+                # the base of each draw's component
+                k = self.net.component(inputs)
+                transformed = transformed.expand(k.shape + transformed.shape[-1:])
+                loc = self.base_loc[k] + (self.base_coef[k] @ transformed.unsqueeze(-1)).squeeze(-1)
+                return loc + (self.base_scale_tril[k] @ out.unsqueeze(-1)).squeeze(-1)
             out = self.base_loc + transformed @ self.base_coef.mT + out @ self.base_scale_tril.mT
         return out
 

@@ -137,3 +137,24 @@ def test_no_base_when_the_model_is_being_trained():
         pyro.clear_param_store()
         SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), objective).step(x)
         assert encoder.regression_base_pending, type(objective).__name__
+
+
+def test_a_mixture_encoder_gets_one_regression_per_branch():
+    # z ~ N(0, 2^2), x ~ N(z^2, 0.5^2): the posterior has two branches, z ~ +-sqrt(x);
+    # one regression of z on x is flat (E[z | x] = 0), two find a branch each
+    g = torch.Generator().manual_seed(0)
+    z = 2.0 * torch.randn(4096, 1, generator=g)
+    x = z**2 + 0.5 * torch.randn(4096, 1, generator=g)
+    encoder = ImplicitEncoder(1, 1, num_components=2, regression_base=True)
+    assert encoder.fit_regression_base(x, z)
+    slopes = encoder.base_coef.reshape(2).sort().values
+    assert slopes[0] < -0.05 and slopes[1] > 0.05, slopes
+    # each component draws on its own branch: at x = 4 one near -2, one near +2
+    with torch.no_grad():
+        draws = encoder(torch.full((4000, 1), 4.0)).sample().reshape(-1)
+        assert 0.4 < (draws > 0).double().mean() < 0.6
+        assert (draws.abs() > 1.0).double().mean() > 0.9
+    # a one-component encoder's single regression has no slope here
+    single = ImplicitEncoder(1, 1)
+    assert single.fit_regression_base(x, z)
+    assert single.base_coef.abs().item() < 0.05
