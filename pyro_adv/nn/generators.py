@@ -300,11 +300,10 @@ class ImplicitEncoder(nn.Module):
         :class:`~pyro_adv.infer.TraceAVB_ELBO`) fix a linear regression base on simulated
         ``(x, z)`` pairs
         before the first step (:meth:`fit_regression_base`); ``False``: the network
-        alone. A mixture gets one regression per component, a mixture of linear
-        regressions fitted by EM, so each component starts on its own branch of a
-        multimodal posterior. Default: on with one component, off for a mixture (a
-        single shared base drew both components of a two-component encoder onto one
-        crescent of two_moons; the per-component base is not yet measured there).
+        alone (default: on). A mixture gets one regression per component, a mixture
+        of linear regressions fitted by EM, so each component starts on its own
+        branch of a multimodal posterior (a single shared base had drawn both
+        components of a two-component encoder onto one crescent of two_moons).
     """
 
     use_averages = True
@@ -383,12 +382,9 @@ class ImplicitEncoder(nn.Module):
             self.register_buffer("context_initialized", torch.tensor(False))
         # the linear regression base z = a + B c + L G(c, eps) (fit_regression_base);
         # the identity until fitted
-        # a mixture keeps its components' offsets in output units: on two_moons the
-        # base drew both components of a 2-component ALI encoder onto one crescent
-        # (share of the other 0.00; 0.50 without the base)
-        self.regression_base = (
-            num_components == 1 if regression_base is None else bool(regression_base)
-        )
+        # a mixture gets one base per component: a single shared base drew both
+        # components of a 2-component ALI encoder onto one crescent of two_moons
+        self.regression_base = True if regression_base is None else bool(regression_base)
         # a mixture gets one base per component (a mixture of regressions)
         lead = (num_components,) if num_components > 1 else ()
         self.register_buffer("base_loc", torch.zeros(lead + (latent_dim,)))

@@ -108,9 +108,10 @@ def test_context_that_is_not_an_observed_value_is_left_alone():
     assert callable(fit_regression_bases)
 
 
-def test_mixture_encoders_keep_their_offsets_in_output_units():
-    assert not ImplicitEncoder(2, 2, num_components=2).regression_base_pending
-    assert ImplicitEncoder(2, 2, num_components=2, regression_base=True).regression_base_pending
+def test_mixture_encoders_get_a_base_per_component_by_default():
+    assert ImplicitEncoder(2, 2, num_components=2).regression_base_pending
+    off = ImplicitEncoder(2, 2, num_components=2, regression_base=False)
+    assert not off.regression_base_pending
 
 
 def test_no_base_when_the_model_is_being_trained():
@@ -145,7 +146,7 @@ def test_a_mixture_encoder_gets_one_regression_per_branch():
     g = torch.Generator().manual_seed(0)
     z = 2.0 * torch.randn(4096, 1, generator=g)
     x = z**2 + 0.5 * torch.randn(4096, 1, generator=g)
-    encoder = ImplicitEncoder(1, 1, num_components=2, regression_base=True)
+    encoder = ImplicitEncoder(1, 1, num_components=2)
     assert encoder.fit_regression_base(x, z)
     slopes = encoder.base_coef.reshape(2).sort().values
     assert slopes[0] < -0.05 and slopes[1] > 0.05, slopes
