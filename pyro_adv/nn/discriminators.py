@@ -108,18 +108,8 @@ class ModeFeatureDiscriminator(Discriminator):
         return self
 
     def forward(self, z):
-        if self.net is None or self.input_loc is None:
-            self.initialize(z)
-        if z.shape[-1] != self.input_dim:
-            raise ValueError(
-                f"ModeFeatureDiscriminator: expected inputs with {self.input_dim} features, "
-                f"got shape {tuple(z.shape)}"
-            )
-        dtype = self.net[0].weight.dtype
-        if z.dtype != dtype:
-            z = z.to(dtype)
-        h = (z - self.input_loc) / self.input_scale
-        return self.net(torch.cat([h, self.mode_features(z)], -1)).squeeze(-1)
+        z = self._checked_input(z)
+        return self.net(torch.cat([self._standardized(z), self.mode_features(z)], -1)).squeeze(-1)
 
 
 class PairDiscriminator(Discriminator):

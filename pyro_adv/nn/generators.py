@@ -200,8 +200,8 @@ def _mixture_of_regressions(design, z, num_components, jitter, iterations=50):
     """
     n, p = design.shape
     d = z.shape[1]
-    one = torch.linalg.lstsq(design, z).solution
-    labels = torch.cdist(z - design @ one, kmeans(z - design @ one, num_components)).argmin(-1)
+    residual = z - design @ torch.linalg.lstsq(design, z).solution
+    labels = torch.cdist(residual, kmeans(residual, num_components)).argmin(-1)
     resp = torch.nn.functional.one_hot(labels, num_components).to(z.dtype)  # (n, K)
     eye_p = torch.eye(p, dtype=z.dtype)
     floor = jitter * z.var(0).clamp_min(1e-30)
@@ -382,10 +382,10 @@ class ImplicitEncoder(nn.Module):
             self.register_buffer("context_initialized", torch.tensor(False))
         # the linear regression base z = a + B c + L G(c, eps) (fit_regression_base);
         # the identity until fitted
-        # a mixture gets one base per component: a single shared base drew both
-        # components of a 2-component ALI encoder onto one crescent of two_moons
+        # a mixture gets one base per component (a mixture of regressions): a single
+        # shared base drew both components of a 2-component ALI encoder onto one
+        # crescent of two_moons
         self.regression_base = True if regression_base is None else bool(regression_base)
-        # a mixture gets one base per component (a mixture of regressions)
         lead = (num_components,) if num_components > 1 else ()
         self.register_buffer("base_loc", torch.zeros(lead + (latent_dim,)))
         self.register_buffer("base_coef", torch.zeros(lead + (latent_dim, input_dim)))

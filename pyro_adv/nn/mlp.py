@@ -186,7 +186,9 @@ class MLP(nn.Module):
                 self.input_scale = self.input_scale / gain
         return self
 
-    def forward(self, x):
+    def _checked_input(self, x):
+        """``x`` after the lazy setup, checked against the input size and cast to the
+        network's dtype."""
         if self.net is None or (self.standardize_input and self.input_loc is None):
             self.initialize(x)
         if x.shape[-1] != self.input_dim:
@@ -198,10 +200,18 @@ class MLP(nn.Module):
         if x.dtype != dtype:
             # integer or float64 data meeting a float32 network: cast, not a matmul error
             x = x.to(dtype)
+        return x
+
+    def _standardized(self, x):
+        """A checked input standardized (and whitened) as the first batch fixed it."""
         if self.standardize_input:
             x = (x - self.input_loc) / self.input_scale
             if self.input_whitener is not None:
                 x = x @ self.input_whitener.mT
+        return x
+
+    def forward(self, x):
+        x = self._standardized(self._checked_input(x))
         if self.use_averages:
             return call_averaged(self.net, self.net, x)
         return self.net(x)
