@@ -124,7 +124,14 @@ class ImplicitDistribution(TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         noise = self.base.rsample(sample_shape)
-        value = self.generator(noise)
+        draw_with_choice = getattr(self.generator, "draw_with_choice", None)
+        if draw_with_choice is None:
+            value = self.generator(noise)
+        else:
+            value, log_prob = draw_with_choice(noise)
+            # kept by the draw's identity, as Pyro's Rejector keeps its acceptance
+            # probability, for choice_log_prob to find from the traced value
+            self._last_choice = (value, log_prob)
         expected = self._extended_shape(sample_shape)
         if value.shape != expected:
             # never broadcast: that would copy one draw across the batch
@@ -139,6 +146,24 @@ class ImplicitDistribution(TorchDistribution):
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():
             return self.rsample(sample_shape)
+
+    def choice_log_prob(self, value):
+        r"""
+        :math:`\log q(k)` of the discrete choice :math:`k` made in drawing ``value``
+        (a mixture's component with learned weights), with the batch shape of
+        ``value``, or ``None`` when the sampler makes no such choice or ``value`` is
+        not this distribution's last draw. A generator makes such choices when it
+        has a method ``draw_with_choice(noise) -> (value, log_prob)``, which
+        ``rsample`` then calls instead of the generator itself
+        (:class:`~pyro_adv.nn.ImplicitEncoder` with learned mixture weights does).
+        The choice is not reparameterized: the
+        objectives train what it depends on by the score function
+        :math:`\nabla\,\mathbb{E}[f] = \mathbb{E}[f\,\nabla \log q(k)]` (Williams
+        1992), as Pyro's ``score_parts`` does for partly reparameterized
+        distributions such as ``Rejector``.
+        """
+        last = self.__dict__.get("_last_choice")
+        return last[1] if last is not None and last[0] is value else None
 
     def log_prob(self, value):
         raise _density_error(f"{type(self).__name__}")

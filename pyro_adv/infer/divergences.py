@@ -96,10 +96,20 @@ class Divergence:
         Only terms whose samples carry the players' gradients matter; the real
         term is included when ``real_logits`` is given.
         """
-        loss = -self.conjugate(fake_logits).mean()
+        loss = self.generator_terms(fake_logits).mean()
         if real_logits is not None:
             loss = loss + self.activation(real_logits).mean()
         return loss
+
+    def generator_terms(self, fake_logits):
+        r"""
+        Each generated sample's own term of :meth:`generator_loss` (their mean is its
+        fake side): the :math:`f` whose score function
+        :math:`\mathbb{E}[f\,\nabla \log q(k)]` trains a sampler's discrete,
+        non-reparameterized choices (a mixture's learned weights), the discriminator
+        held fixed as for the pathwise gradient (the envelope theorem of the saddle).
+        """
+        return -self.conjugate(fake_logits)
 
     def log_ratio(self, logits):
         r"""Estimate of :math:`\log p(x)/q(x)` from the discriminator logits."""
@@ -313,10 +323,13 @@ class NonSaturating(Minimax):
     name = "nonsaturating"
 
     def generator_loss(self, fake_logits, real_logits=None):
-        loss = F.softplus(-fake_logits).mean()
+        loss = self.generator_terms(fake_logits).mean()
         if real_logits is not None:
             loss = loss + F.softplus(real_logits).mean()
         return loss
+
+    def generator_terms(self, fake_logits):
+        return F.softplus(-fake_logits)
 
     def f(self, log_ratio):
         # At D* the generator's gradient is that of KL(q||p) - 2 JSD(p, q) (Arjovsky and

@@ -22,12 +22,14 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import biject_to
 
 from pyro_adv.distributions.implicit import unwrap
+from pyro_adv.infer.choices import auxiliary_choice_sites
 from pyro_adv.infer.util import (
     context_features,
     depends_on_parameters,
     flat_features,
     join_features,
     latent_features,
+    particle_sum,
 )
 
 __all__ = [
@@ -96,17 +98,12 @@ def check_pathwise_guide(guide_trace, latents, owner):
                 "reparameterizable; Trace_ALI trains the guide through its samples "
                 "(pathwise gradients)."
             )
-    for site_name, site in guide_trace.nodes.items():
-        fn = site.get("fn")
-        if (
-            site["type"] == "sample"
-            and site_name not in latents
-            and site["infer"].get("is_auxiliary")
-            and not getattr(fn, "has_rsample", True)
-            and depends_on_parameters(fn)
-        ):
-            # e.g. AutoImplicit's learned mixture weights: only AVB's score function
-            # trains them; here they would silently stay where they started
+    for site_name, site in auxiliary_choice_sites(guide_trace, latents):
+        fn = site["fn"]
+        if depends_on_parameters(fn):
+            # e.g. AutoImplicit's learned mixture weights, drawn once per particle (a
+            # global choice): ALI trains an encoder's per-datum choices, not these;
+            # they would silently stay where they started
             warnings.warn(
                 f"{owner} does not train the parameters of the guide's auxiliary site "
                 f"'{site_name}' ({type(unwrap(fn)[0]).__name__}: no pathwise gradient); "
@@ -142,17 +139,22 @@ def all_observed(nodes, observed, dtype, layout):
     return torch.cat(parts, -1)
 
 
-def pair_rows(group, u, nodes, observed, globals_u, layout):
+def pair_rows(group, u, nodes, observed, globals_u, layout, score=None):
     """
     The rows ``(x, z)`` of one group: observed features (with the global latents
-    ``globals_u`` for a plate-local group) and the latents ``u``.
+    ``globals_u`` for a plate-local group) and the latents ``u``; with ``score`` (the
+    log-probability of the draws' discrete choices in the padded layout, one
+    feature column) ``(x, z, score)``, one score per row.
 
     :raises ValueError: for plate-local latents that no observed site shares a plate with.
     """
     nesting, transform = layout.nesting, layout.context_transform
     if not group.is_local:
         x = all_observed(nodes, observed, u.dtype, layout)
-        return (x if transform is None else transform(x)), u
+        x = x if transform is None else transform(x)
+        if score is None:
+            return x, u
+        return x, u, particle_sum(score.squeeze(-1), nesting, 0 if layout.particles else None)
     context = context_features(nodes, group, nesting, 0 if layout.particles else None)
     if context is None:
         raise ValueError(
@@ -165,9 +167,15 @@ def pair_rows(group, u, nodes, observed, globals_u, layout):
     if globals_u is not None:
         shape = (globals_u.shape[0],) + (1,) * (nesting - 1) if nesting else ()
         parts.append(globals_u.reshape(shape + globals_u.shape[-1:]))
+    width = u.shape[-1]
+    if score is not None:
+        u = join_features(u, score.to(u.dtype))
     x = join_features(*parts, u)
     x = x.reshape(-1, x.shape[-1])
-    return x[:, : x.shape[-1] - u.shape[-1]], x[:, x.shape[-1] - u.shape[-1] :]
+    x, z = x[:, : x.shape[-1] - u.shape[-1]], x[:, x.shape[-1] - u.shape[-1] :]
+    if score is None:
+        return x, z
+    return x, z[:, :width], z[:, width]
 
 
 def fit_regression_bases(guide_trace, model_trace, real_nodes, latents, observed):

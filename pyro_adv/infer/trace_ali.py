@@ -13,6 +13,7 @@ from torch import nn
 from pyro_adv.distributions.implicit import ImplicitValue, unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
 from pyro_adv.infer.checks import check_discriminator_spec
+from pyro_adv.infer.choices import group_choice_score, leave_one_out
 from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.importance import PairImportanceWeights, bounded_log_ratio
 from pyro_adv.infer.pairs import (
@@ -103,6 +104,15 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
     :math:`z`) per particle. Latents are discriminated in the unconstrained
     space of their support. A subsampled plate simulates as many elements as the
     data minibatch, with the same indices. Losses are means over pairs.
+
+    **Discrete choices in the guide's draws** (an
+    :class:`~pyro_adv.nn.ImplicitEncoder` mixture's component, picked by learned,
+    context-dependent weights :math:`w_k(x)`) have no pathwise gradient; the guide's
+    loss adds their score function (Williams 1992), each pair's own generator term
+    :math:`\ell_i` (:meth:`~pyro_adv.infer.divergences.Divergence.generator_terms`,
+    the discriminator held fixed) against the other pairs' mean:
+    :math:`\frac1n\sum_i \log w_{k_i}(x_i)\,(\ell_i - \bar\ell_{-i})/s`, with
+    :math:`s` the pairs' spread of :math:`\ell`.
 
     **Which** :math:`p_D`, **global latents**, **oscillation** and **simulation
     banks**: the guide is trained wherever :math:`p_D` puts data, so :math:`p_D`
@@ -367,9 +377,23 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
         log_ratio = log_ratio_bounded = 0.0
         for group in order:
             sides = {}
+            # the log-probability of the guide's discrete choices (an encoder's mixture
+            # component with learned weights), one per fake row
+            score = group_choice_score(group.names, guide_trace, self.max_plate_nesting)
             for side, nodes in (("real", real_nodes), ("fake", fake_nodes)):
                 u = pair_latents(group, nodes, guide_trace, model_trace, side == "real", layout)
-                sides[side] = pair_rows(group, u, nodes, observed, globals_u[side], layout)
+                rows = pair_rows(
+                    group,
+                    u,
+                    nodes,
+                    observed,
+                    globals_u[side],
+                    layout,
+                    score=score if side == "fake" else None,
+                )
+                if side == "fake" and score is not None:
+                    rows, score = rows[:2], rows[2]
+                sides[side] = rows
             if not group.is_local:
                 for side in sides:
                     u = sides[side][1]
@@ -394,9 +418,16 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
             frozen = self.frozen(disc)
             # full ALI: the model's parameters reach the loss through the simulated pairs
             model_side = x_real.requires_grad or z_real.requires_grad
+            fake_out = frozen(x_fake, z_fake)
             g_loss = self.divergence.generator_loss(
-                frozen(x_fake, z_fake), frozen(x_real, z_real) if model_side else None
+                fake_out, frozen(x_real, z_real) if model_side else None
             )
+            if score is not None:
+                # the choices' score function: each draw's own generator term, the
+                # other rows' mean as baseline (the discriminator held fixed, as for
+                # the pathwise gradient)
+                terms = self.divergence.generator_terms(fake_out.detach()).reshape(-1)
+                g_loss = g_loss + (score.reshape(-1) * leave_one_out(terms)).mean()
             self._game_add(totals, real_logits, fake_logits, group_penalty, g_loss)
             if self.divergence.identifies_ratio and self._weights_wanted:
                 ratio, bounded = bounded_log_ratio(

@@ -4,12 +4,12 @@ import warnings
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses
 from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.infer.checks import check_positive_int
+from pyro_adv.infer.choices import auxiliary_score, group_choice_score, leave_one_out
 from pyro_adv.infer.contrast import AdaptiveContrast
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.importance import RefitImportanceWeights, log_weight_resolution
@@ -237,6 +237,7 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
 
         # log p(x, z) per particle; plain AVB leaves the implicit sites' prior to T
         log_p = 0.0
+        scored = []  # (site, sign) of the terms, for the per-element ELBO of choices
         for site_name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site_name not in latents and not site["is_observed"]:
                 continue
@@ -244,6 +245,7 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
                 continue
             # Pyro's log_prob is already scaled (subsampling) and masked
             log_p = log_p + particle_sum(site["log_prob"], nesting, 0)
+            scored.append((site, 1.0))
 
         # explicit guide sites are scored by their own density
         log_q_explicit = 0.0
@@ -257,11 +259,13 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
                     "reparameterizable; AVB needs pathwise gradients through every guide site."
                 )
             log_q_explicit = log_q_explicit + particle_sum(site["log_prob"], nesting, 0)
+            scored.append((site, -1.0))
 
         # the discriminator's p side is the reference r, its q side the guide
         d_losses, acc_p, acc_q, extrapolated = [], [], [], []
         log_q_implicit = log_q_bounded = disagreement = 0.0
         reference_trace = None
+        element_log_q = {}  # per plate element, for the per-element ELBO of choices
         for group in groups.values():
             upstream = upstream_sites(guide_trace, group, latents)
             u, ladj = group_value(group, guide_trace, model_trace, nesting)
@@ -294,6 +298,8 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
                 prior_u, _ = group_value(group, prior_trace, prior_trace, nesting)
                 terms = self._plain_terms(group, u, up, context, prior_u)
             scale = guide_trace.nodes[group.names[0]]["scale"]
+            if group.joint is None:
+                element_log_q[group.key] = terms.log_q * scale
             for bounded, log_q in enumerate((terms.log_q, terms.log_q_bounded)):
                 if group.joint is None:
                     log_q = particle_sum(log_q * scale, nesting, 0)
@@ -320,7 +326,7 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         # model term above omits log p(z) (the Jacobians cancel).
         elbo_particles = log_p - log_q_explicit - log_q_implicit
         loss = -_mean(elbo_particles)
-        score = _auxiliary_score(guide_trace, latents, nesting)
+        score = auxiliary_score(guide_trace, latents, nesting)
         warned = self.__dict__.get("_warned_single_particle_score", False)
         if score is not None and self.num_particles < 2 and not warned:
             self._warned_single_particle_score = True
@@ -334,7 +340,12 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         if score is not None:
             # discrete auxiliary guide sites (a mixture's component): the score function
             # of the particles' ELBO terms, with the other particles' mean as baseline
-            loss = loss - _mean(score * _leave_one_out(elbo_particles.detach()))
+            loss = loss - _mean(score * leave_one_out(elbo_particles.detach()))
+        for group in groups.values():
+            if group.key in element_log_q:
+                loss = loss - self._choice_surrogate(
+                    group, guide_trace, scored, element_log_q[group.key]
+                )
         d_loss = sum(d_losses) if d_losses else loss.new_zeros(())
         # kept on the device until read (one read for all; see StepStats)
         stats = StepStats(
@@ -377,6 +388,43 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
             log_weights=log_weights,
             log_weights_unbounded=elbo_particles.detach(),
         )
+
+    def _choice_surrogate(self, group, guide_trace, scored, log_q):
+        r"""
+        The score-function surrogate of the discrete choices inside a plate-local
+        group's draws (an :class:`~pyro_adv.nn.ImplicitEncoder`'s mixture component
+        with learned weights, one per plate element), or 0: each element's choice is
+        scored by its **own** ELBO term :math:`f_i` (the terms of the sites in its plate
+        element; the other elements' terms do not depend on it, so leaving them out
+        keeps the gradient unbiased and its variance per element), with the other
+        particles' mean for that element as baseline (the other elements' mean with
+        one particle).
+        """
+        nesting = self.max_plate_nesting
+        choice = group_choice_score(group.names, guide_trace, nesting)
+        if choice is None:
+            return 0.0
+        choice = choice.squeeze(-1)
+        own = _plate_dims(guide_trace.nodes[group.names[0]], nesting)
+        f = -_padded(log_q, nesting)
+        for site, sign in scored:
+            dims = _plate_dims(site, nesting)
+            if not own <= dims:
+                continue  # outside the group's plate elements: independent of the choice
+            term = _padded(site["log_prob"], nesting)
+            extra = [d for d in dims - own if term.shape[d] > 1]
+            if extra:
+                term = term.sum(extra, keepdim=True)
+            f = f + sign * term
+        f = f.detach().expand(torch.broadcast_shapes(f.shape, choice.shape))
+        if f.shape[0] > 1:  # per element, over the particles
+            n = f.shape[0]
+            centred = f - f.mean(0, keepdim=True)
+            advantage = centred * n / (n - 1)
+            advantage = advantage / centred.pow(2).mean().sqrt().clamp_min(1e-6)
+        else:
+            advantage = leave_one_out(f)
+        return (choice * advantage).sum() / f.shape[0]
 
     # ------------------------------------------------------------ the two games
     def _plain_terms(self, group, u, up, context, prior_u):
@@ -422,45 +470,18 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         return self._bounded_terms(t, seen, d_loss, accs)
 
 
-def _auxiliary_score(guide_trace, latents, nesting):
-    r"""
-    :math:`\sum \log q(k)` per particle over the guide's auxiliary sites that are not
-    reparameterized (e.g. :class:`~pyro_adv.infer.autoguide.AutoImplicit`'s mixture
-    component), or ``None``. Their gradient is the score function
-    :math:`\nabla \mathbb{E}_{q(k)}[f] = \mathbb{E}[f\,\nabla \log q(k)]` (Williams
-    1992) of the particle's ELBO term :math:`f = \log p - \log q(z)`, where
-    :math:`q(z)` is the marginal the discriminator estimates.
-    """
-    score = None
-    for site_name, site in guide_trace.nodes.items():
-        if (
-            site["type"] != "sample"
-            or site_name in latents
-            or site["is_observed"]
-            or site_is_subsample(site)
-            or not site["infer"].get("is_auxiliary")
-            or getattr(site["fn"], "has_rsample", True)
-        ):
-            continue
-        term = particle_sum(site["log_prob"], nesting, 0)
-        score = term if score is None else score + term
-    return score
+def _padded(value, nesting):
+    """A batch tensor with ``nesting`` dims (leading ones added)."""
+    return value.reshape((1,) * (nesting - value.dim()) + value.shape)
 
 
-def _leave_one_out(f):
-    r"""
-    ``f`` minus the mean of the other particles' values (an unbiased baseline), over
-    the particles' spread. Dividing by a positive number per step leaves the fixed
-    points (equal :math:`\mathbb{E}_{q_k}[f]` over the components) where they are, and
-    keeps the gradient's scale steady: early in a fit :math:`f` spreads over thousands
-    of nats, and Adam's second moment would remember that for a thousand steps,
-    freezing the weights long before the components settle.
-    """
-    n = f.numel()
-    if n < 2:
-        return f - f  # one particle: no baseline without bias; no score gradient
-    advantage = (n * f - f.sum()) / (n - 1)
-    return advantage / f.std().clamp_min(1e-6)
+def _plate_dims(site, nesting):
+    """The padded-layout dims of a site's vectorized plates, the particle plate's excepted."""
+    return {
+        nesting + frame.dim
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.dim is not None and nesting + frame.dim > 0
+    }
 
 
 def _expand(c, v):

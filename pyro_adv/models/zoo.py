@@ -43,6 +43,7 @@ __all__ = [
     "EIGHT_SCHOOLS_Y",
     "REFERENCE_DIR",
     "ZOO",
+    "AmortizedBimodal",
     "Bimodal",
     "CorrelatedGaussian",
     "EightSchools",
@@ -454,6 +455,59 @@ class Bimodal(ZooModel):
         cdf /= cdf[-1]
         u = np.random.default_rng(seed).random(num_samples)
         return {"z": torch.as_tensor(np.interp(u, cdf, grid), dtype=torch.float32)}
+
+
+class AmortizedBimodal:
+    r"""
+    An amortized posterior with two modes whose masses depend on the observation:
+
+    .. math:: z \sim N(m, s^2),\qquad x \mid z \sim N(z^2, \sigma^2),
+
+    one :math:`(x, z)` pair per element of plate ``"data"`` (the latent ``"z"`` and
+    the observation ``"x"``, both of event shape ``(1,)``, so that
+    :func:`~pyro_adv.infer.autoguide.amortized_guide` and
+    :class:`~pyro_adv.nn.ImplicitEncoder` fit it as they are). Given :math:`x` the
+    modes sit near :math:`\pm\sqrt{x}`; the prior's mean :math:`m > 0` gives the
+    positive mode the larger mass, the more so the larger :math:`x` (0.59 / 0.64 /
+    0.71 / 0.79 at :math:`x` = 0.5 / 1 / 2 / 4 for the defaults). A mixture with
+    equal weights cannot match that at any :math:`x`. :meth:`exact` computes the
+    share and each mode's mean and sd by quadrature (a 20,001-point grid on
+    :math:`[-8, 8]`).
+    """
+
+    def __init__(self, prior_loc=0.75, prior_scale=1.5, noise_scale=0.5):
+        self.prior_loc, self.prior_scale = float(prior_loc), float(prior_scale)
+        self.noise_scale = float(noise_scale)
+
+    def model(self, x, subsample_size=None):
+        with pyro.plate("data", x.shape[0], subsample_size=subsample_size) as idx:
+            prior = dist.Normal(self.prior_loc, self.prior_scale).expand([1]).to_event(1)
+            z = pyro.sample("z", prior)
+            pyro.sample("x", dist.Normal(z**2, self.noise_scale).to_event(1), obs=x[idx])
+
+    def simulate(self, num_data, seed=0):
+        """``num_data`` observations ``x`` of shape ``(num_data, 1)`` from the prior predictive."""
+        g = torch.Generator().manual_seed(seed)
+        z = self.prior_loc + self.prior_scale * torch.randn(num_data, 1, generator=g)
+        return z**2 + self.noise_scale * torch.randn(num_data, 1, generator=g)
+
+    def exact(self, x):
+        """
+        :returns: a dict of floats: ``share`` (the posterior mass on :math:`z > 0`),
+            ``mean_pos``, ``sd_pos``, ``mean_neg``, ``sd_neg`` (each mode's moments).
+        """
+        z = np.linspace(-8.0, 8.0, 20_001)
+        logp = -0.5 * ((z - self.prior_loc) / self.prior_scale) ** 2
+        logp = logp - 0.5 * ((float(x) - z**2) / self.noise_scale) ** 2
+        p = np.exp(logp - logp.max())
+        p /= p.sum()
+        out = {"share": float(p[z > 0].sum())}
+        for name, side in (("pos", z > 0), ("neg", z < 0)):
+            w = p[side] / p[side].sum()
+            mean = float((w * z[side]).sum())
+            out[f"mean_{name}"] = mean
+            out[f"sd_{name}"] = float(np.sqrt((w * (z[side] - mean) ** 2).sum()))
+        return out
 
 
 #: name -> constructor of every zoo model

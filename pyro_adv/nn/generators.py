@@ -304,6 +304,17 @@ class ImplicitEncoder(nn.Module):
         of linear regressions fitted by EM, so each component starts on its own
         branch of a multimodal posterior (a single shared base had drawn both
         components of a two-component encoder onto one crescent of two_moons).
+    :param bool learn_weights: a mixture's weights :math:`w_k(x)` depend on the
+        context and are learned (default with ``num_components > 1``): a small
+        network maps the standardized context to the weights' logits (zero at the
+        start: equal weights), and one more noise coordinate, which no other
+        network sees, picks the component by the bin it falls in, the weights
+        being the bins' widths. That choice is not reparameterized: the objectives
+        (:class:`~pyro_adv.infer.Trace_ALI`, :class:`~pyro_adv.infer.TraceAVB_ELBO`)
+        train the weights by the score function of each draw's own loss
+        (:meth:`~pyro_adv.distributions.ImplicitDistribution.choice_log_prob`). With
+        equal weights (``False``) a mode gets a multiple of :math:`1/K` of the mass,
+        whatever its posterior mass.
     """
 
     use_averages = True
@@ -321,6 +332,7 @@ class ImplicitEncoder(nn.Module):
         component_spread=1.0,
         regression_base=None,
         log_context="auto",
+        learn_weights=None,
     ):
         super().__init__()
         if input_dim < 1 or latent_dim < 1:
@@ -370,6 +382,14 @@ class ImplicitEncoder(nn.Module):
                 spread=component_spread,
             )
         self.net.use_averages = True
+        # context-dependent mixture weights: logits from a small network, zero at the
+        # start (equal weights); trained by the objectives' score function
+        self.learn_weights = num_components > 1 and (
+            True if learn_weights is None else bool(learn_weights)
+        )
+        if self.learn_weights:
+            self.weight_net = MLP(input_dim, num_components, (32,), activation, output_scale=0.0)
+            self.weight_net.use_averages = True
         if standardize_context:
             self.context_loc = nn.Parameter(torch.zeros(input_dim))
             self.context_log_scale = nn.Parameter(torch.zeros(input_dim))
@@ -571,34 +591,88 @@ class ImplicitEncoder(nn.Module):
         self.context_log_scale.copy_(scale.log())
         self._set_buffer_flag("context_initialized")
 
+    @property
+    def chooser_dim(self):
+        """Noise columns beyond ``noise_dim``: 1 when the weights are learned (it picks
+        the component), else 0."""
+        return 1 if self.learn_weights else 0
+
     def generate(self, context, noise):
-        """``G(x, eps)`` for broadcastable ``context`` and ``noise``."""
+        """``G(x, eps)`` for broadcastable ``context`` and ``noise`` (of width
+        ``noise_dim + chooser_dim``)."""
+        return self._draw(context, noise)[0]
+
+    def component_weights(self, context):
+        r"""
+        The mixture weights :math:`w_k(x)` at each context (equal unless
+        ``learn_weights``), detached.
+
+        :param torch.Tensor context: shape ``batch + (input_dim,)``.
+        :returns: shape ``batch + (num_components,)``.
+        """
+        context = self._check_context(context)
+        with torch.no_grad():
+            if not self.learn_weights:
+                shape = context.shape[:-1] + (self.num_components,)
+                return context.new_full(shape, 1.0 / self.num_components)
+            return torch.softmax(self._weight_logits(self._network_context(context)[1]), -1)
+
+    def _draw(self, context, noise):
+        # (value, log w_k(x) of each draw's component or None), with the weights the
+        # encoder samples with (averages outside training)
         if not self.use_averages:
             with raw_weights():
                 return self._generate(context, noise)
         return self._generate(context, noise)
 
-    def _generate(self, context, noise):
+    def _network_context(self, context):
+        # the transformed context (for the regression base) and the standardized one
+        # (what the networks read)
         context = transformed = self._transform_context(context)
         if self.standardize_context:
             loc = averaged_value(self.context_loc)
             log_scale = averaged_value(self.context_log_scale)
             context = (context - loc) * torch.exp(-log_scale)
+        return transformed, context
+
+    def _weight_logits(self, context):
+        return self.weight_net(context)
+
+    def _generate(self, context, noise):
+        transformed, context = self._network_context(context)
+        if self.learn_weights:
+            noise, chooser = noise[..., :-1], noise[..., -1]
         shape = torch.broadcast_shapes(context.shape[:-1], noise.shape[:-1])
         inputs = torch.cat(
             [context.expand(shape + context.shape[-1:]), noise.expand(shape + noise.shape[-1:])],
             dim=-1,
         )
-        out = self.net(inputs)
+        component = log_weight = None
+        if self.learn_weights:
+            log_w = torch.log_softmax(self._weight_logits(context), -1)
+            log_w = log_w.expand(shape + log_w.shape[-1:])
+            with torch.no_grad():
+                # the weights as the widths of the chooser's bins
+                edges = log_w.exp().cumsum(-1)[..., :-1].contiguous()
+                u = 0.5 * torch.erfc(-chooser.expand(shape) / 2**0.5)
+                component = torch.searchsorted(edges, u.unsqueeze(-1).contiguous()).squeeze(-1)
+                component = component.clamp_(0, self.num_components - 1)
+            log_weight = log_w.gather(-1, component.unsqueeze(-1)).squeeze(-1)
+            out = self.net(inputs, component=component)
+        else:
+            out = self.net(inputs)
         if self._base_ready():
             if self.num_components > 1:
                 # the base of each draw's component
-                k = self.net.component(inputs)
+                k = self.net.component(inputs) if component is None else component
                 transformed = transformed.expand(k.shape + transformed.shape[-1:])
                 loc = self.base_loc[k] + (self.base_coef[k] @ transformed.unsqueeze(-1)).squeeze(-1)
-                return loc + (self.base_scale_tril[k] @ out.unsqueeze(-1)).squeeze(-1)
-            out = self.base_loc + transformed @ self.base_coef.mT + out @ self.base_scale_tril.mT
-        return out
+                out = loc + (self.base_scale_tril[k] @ out.unsqueeze(-1)).squeeze(-1)
+            else:
+                out = (
+                    self.base_loc + transformed @ self.base_coef.mT + out @ self.base_scale_tril.mT
+                )
+        return out, log_weight
 
     def _check_context(self, context):
         if not torch.is_tensor(context) or context.dim() < 1:
@@ -638,13 +712,31 @@ class ImplicitEncoder(nn.Module):
         if self._preprocessed and not self._context_ready():
             self._transform_context(context)  # the first batch fixes the preprocessing
         batch_shape = context.shape[:-1]
-        zeros = context.new_zeros(batch_shape + (self.noise_dim,))
+        zeros = context.new_zeros(batch_shape + (self.noise_dim + self.chooser_dim,))
         # standard normal noise: nothing to validate (a device read per argument check)
         noise = dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
         q = ImplicitDistribution(
-            lambda eps: self.generate(context, eps), noise, event_shape=(self.latent_dim,)
+            _EncoderSampler(self, context), noise, event_shape=(self.latent_dim,)
         )
         # where the draws come from, for objectives that initialize the encoder
         # (Trace_ALI's regression base)
         q.encoder, q.context = self, context
         return q
+
+
+class _EncoderSampler:
+    """``eps -> G(x, eps)`` at one context; with learned mixture weights it also
+    reports each draw's component log-weight (``draw_with_choice``), which
+    :class:`~pyro_adv.distributions.ImplicitDistribution` keeps for the objectives'
+    score function."""
+
+    def __init__(self, encoder, context):
+        self.encoder, self.context = encoder, context
+        if encoder.learn_weights:
+            self.draw_with_choice = self._draw_with_choice
+
+    def __call__(self, eps):
+        return self.encoder._draw(self.context, eps)[0]
+
+    def _draw_with_choice(self, eps):
+        return self.encoder._draw(self.context, eps)

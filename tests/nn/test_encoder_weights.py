@@ -1,0 +1,97 @@
+"""
+An ImplicitEncoder mixture's learned, context-dependent weights, cheaply: draws
+follow the weights, and each draw's component log-weight is what
+``choice_log_prob`` returns, also through Pyro's plates. Whole fits (Trace_ALI and
+TraceAVB_ELBO learning unequal mode masses) are in ``tests/infer/test_modes.py``.
+"""
+
+import math
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_adv.infer.choices import choice_log_prob
+from pyro_adv.nn import ImplicitEncoder
+
+
+def _set_weights(encoder, probs):
+    last = encoder.weight_net.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(probs).log())
+
+
+def test_draws_follow_the_weights_and_report_their_log_weight():
+    torch.manual_seed(0)
+    encoder = ImplicitEncoder(1, 1, num_components=2)
+    assert encoder.learn_weights and encoder.chooser_dim == 1
+    context = torch.randn(20000, 1)
+    # zero logits at the start: equal weights
+    assert torch.allclose(encoder.component_weights(context[:3]), torch.full((3, 2), 0.5))
+    _set_weights(encoder, [0.7, 0.3])
+    q = encoder(context)
+    z = q.rsample()
+    log_w = q.choice_log_prob(z)
+    assert log_w.shape == (20000,)
+    picked_first = torch.isclose(log_w, torch.tensor(math.log(0.7)))
+    assert (picked_first | torch.isclose(log_w, torch.tensor(math.log(0.3)))).all()
+    assert abs(picked_first.double().mean().item() - 0.7) < 0.015
+    # the log-weight carries the gradient to the weight network (the score function)
+    log_w.sum().backward()
+    assert encoder.weight_net.net[-1].bias.grad.abs().sum() > 0
+    # another value than the last draw has no record
+    assert q.choice_log_prob(z.clone()) is None
+    assert torch.allclose(encoder.component_weights(context[:2]), torch.tensor([[0.7, 0.3]] * 2))
+
+
+def test_the_weights_reach_the_objective_through_a_plate_and_particles():
+    torch.manual_seed(0)
+    encoder = ImplicitEncoder(2, 1, num_components=3)
+    _set_weights(encoder, [0.2, 0.3, 0.5])
+    x = torch.randn(50, 2)
+
+    def guide():
+        with pyro.plate("particles", 4, dim=-2), pyro.plate("data", 50, dim=-1):
+            pyro.sample("z", encoder(x).to_event(0))
+
+    trace = poutine.trace(guide).get_trace()
+    log_w = choice_log_prob(trace.nodes["z"])
+    assert log_w is not None and log_w.shape == (4, 50)
+    expected = torch.tensor([0.2, 0.3, 0.5]).log()
+    assert torch.isclose(log_w.unsqueeze(-1), expected).any(-1).all()
+
+
+def test_equal_weights_and_one_component_make_no_choice():
+    for encoder in (
+        ImplicitEncoder(1, 1, num_components=2, learn_weights=False),
+        ImplicitEncoder(1, 1),
+    ):
+        assert not encoder.learn_weights and encoder.chooser_dim == 0
+        q = encoder(torch.randn(10, 1))
+        assert q.choice_log_prob(q.rsample()) is None
+        w = encoder.component_weights(torch.randn(4, 1))
+        assert torch.allclose(w, torch.full_like(w, 1.0 / encoder.num_components))
+
+
+@pytest.mark.parametrize("learn", [True, False])
+def test_the_sampling_path_matches_the_training_path(learn):
+    # the chooser coordinate is not a network input: a component's draws do not depend
+    # on the weights (with set weights 0.9/0.1 the rarer component's draws keep their law)
+    torch.manual_seed(1)
+    encoder = ImplicitEncoder(1, 1, num_components=2, learn_weights=learn)
+    context = torch.zeros(40000, 1)
+    noise = torch.randn(40000, encoder.noise_dim + encoder.chooser_dim)
+    with torch.no_grad():
+        z = encoder.generate(context, noise)
+    assert z.shape == (40000, 1) and torch.isfinite(z).all()
+    if learn:
+        _set_weights(encoder, [0.9, 0.1])
+        with torch.no_grad():
+            z2 = encoder.generate(context, noise)
+        # same noise, same components where the bins agree: only draws whose chooser
+        # moved between bins change
+        u = 0.5 * torch.erfc(-noise[:, -1] / 2**0.5)
+        unmoved = (u < 0.5) | (u >= 0.9)
+        assert torch.allclose(z[unmoved], z2[unmoved])
