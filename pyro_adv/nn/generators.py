@@ -649,7 +649,8 @@ class ImplicitEncoder(nn.Module):
         )
         component = log_weight = None
         if self.learn_weights:
-            log_w = torch.log_softmax(self._weight_logits(context), -1)
+            # detached: the score function's noise must not move the standardization
+            log_w = torch.log_softmax(self._weight_logits(context.detach()), -1)
             log_w = log_w.expand(shape + log_w.shape[-1:])
             with torch.no_grad():
                 # the weights as the widths of the chooser's bins
