@@ -23,6 +23,7 @@ __all__ = [
     "ImplicitDistribution",
     "ImplicitValue",
     "is_implicit",
+    "record_choice",
     "unwrap",
 ]
 
@@ -124,11 +125,10 @@ class ImplicitDistribution(TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         noise = self.base.rsample(sample_shape)
-        draw_with_choice = getattr(self.generator, "draw_with_choice", None)
-        if draw_with_choice is None:
-            value = self.generator(noise)
-        else:
-            value, log_prob = draw_with_choice(noise)
+        value = self.generator(noise)
+        if _LAST_CHOICE[0] is noise:
+            log_prob = _LAST_CHOICE[1]
+            _LAST_CHOICE[0] = _LAST_CHOICE[1] = None
             # kept by the draw's identity, as Pyro's Rejector keeps its acceptance
             # probability, for choice_log_prob to find from the traced value
             self._last_choice = (value, log_prob)
@@ -152,11 +152,12 @@ class ImplicitDistribution(TorchDistribution):
         :math:`\log q(k)` of the discrete choice :math:`k` made in drawing ``value``
         (a mixture's component with learned weights), with the batch shape of
         ``value``, or ``None`` when the sampler makes no such choice or ``value`` is
-        not this distribution's last draw. A generator makes such choices when it
-        has a method ``draw_with_choice(noise) -> (value, log_prob)``, which
-        ``rsample`` then calls instead of the generator itself
-        (:class:`~pyro_adv.nn.ImplicitEncoder` with learned mixture weights does).
-        The choice is not reparameterized: the
+        not this distribution's last draw. A generator reports a choice with
+        :func:`record_choice` for the noise it was called with
+        (:class:`~pyro_adv.nn.ImplicitEncoder` with learned mixture weights does), so
+        a distribution whose generator wraps another's, passing the noise through
+        (``lambda eps: transform(q.generator(eps))``), keeps it. The choice is not
+        reparameterized: the
         objectives train what it depends on by the score function
         :math:`\nabla\,\mathbb{E}[f] = \mathbb{E}[f\,\nabla \log q(k)]` (Williams
         1992), as Pyro's ``score_parts`` does for partly reparameterized
@@ -184,6 +185,24 @@ class ImplicitDistribution(TorchDistribution):
 
     def icdf(self, value):
         raise _density_error(f"The icdf (quantiles) of {type(self).__name__}")
+
+
+#: the last reported choice, ``[noise, log_prob]``, until the ImplicitDistribution that
+#: drew ``noise`` collects it (see record_choice); one slot: a draw's generator runs
+#: between its rsample's noise and the collection, and a newer report replaces an
+#: uncollected one (a generator called outside any rsample)
+_LAST_CHOICE = [None, None]
+
+
+def record_choice(noise, log_prob):
+    r"""
+    Reports that a generator, called on ``noise``, made a discrete choice (e.g. a
+    mixture component) of log-probability ``log_prob`` (batch-shaped, differentiable
+    in what the choice depends on). The :class:`ImplicitDistribution` whose
+    ``rsample`` drew ``noise`` collects it, and
+    :meth:`ImplicitDistribution.choice_log_prob` returns it for the drawn value.
+    """
+    _LAST_CHOICE[0], _LAST_CHOICE[1] = noise, log_prob
 
 
 class ImplicitValue(ImplicitDistribution):

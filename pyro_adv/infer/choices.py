@@ -12,6 +12,8 @@ with :math:`f` the draw's own term of the objective and :math:`b` a baseline tha
 does not depend on the draw (:func:`leave_one_out`).
 """
 
+import warnings
+
 from pyro.poutine.util import site_is_subsample
 
 from pyro_adv.distributions.implicit import unwrap
@@ -20,6 +22,7 @@ from pyro_adv.infer.util import flat_features, particle_sum
 __all__ = [
     "auxiliary_choice_sites",
     "auxiliary_score",
+    "check_choices_reported",
     "choice_log_prob",
     "group_choice_score",
     "leave_one_out",
@@ -96,3 +99,27 @@ def leave_one_out(f):
         return f - f  # one entry: no baseline without bias; no score gradient
     advantage = (n * f - f.sum()) / (n - 1)
     return advantage / f.std().clamp_min(1e-6)
+
+
+def check_choices_reported(objective, guide_trace, latents):
+    """
+    Warns (once per objective) when a latent is drawn by an encoder with learned
+    mixture weights whose draws report no choice (a wrapper that does not pass the
+    encoder's noise through): its weights would silently stay where they started.
+    """
+    if objective.__dict__.get("_warned_unreported_choices"):
+        return
+    for name in latents:
+        site = guide_trace.nodes[name]
+        encoder = getattr(unwrap(site["fn"])[0], "encoder", None)
+        if getattr(encoder, "learn_weights", False) and choice_log_prob(site) is None:
+            objective._warned_unreported_choices = True
+            warnings.warn(
+                f"{type(objective).__name__}: guide site '{name}' is drawn by an "
+                f"{type(encoder).__name__} with learned mixture weights, but its draws do "
+                "not report their component (a distribution wrapping the encoder's must "
+                "call its generator on the noise it drew, unchanged); the weights will "
+                "not learn. Pass learn_weights=False to the encoder to say so.",
+                stacklevel=4,
+            )
+            return

@@ -13,7 +13,7 @@ from torch import nn
 from pyro_adv.distributions.implicit import ImplicitValue, unwrap
 from pyro_adv.infer.adversarial import AdversarialObjective
 from pyro_adv.infer.checks import check_discriminator_spec
-from pyro_adv.infer.choices import group_choice_score, leave_one_out
+from pyro_adv.infer.choices import check_choices_reported, group_choice_score, leave_one_out
 from pyro_adv.infer.divergences import get_divergence
 from pyro_adv.infer.importance import PairImportanceWeights, bounded_log_ratio
 from pyro_adv.infer.pairs import (
@@ -329,6 +329,7 @@ class Trace_ALI(PairImportanceWeights, TwoSampleGame, AdversarialObjective):
                 "latents use pyro_adv.infer.Trace_GAN"
             )
         check_pathwise_guide(guide_trace, latents, name)
+        check_choices_reported(self, guide_trace, latents)
         observed = observed_sites(model_trace, name)
         groups = group_implicit_sites(guide_trace, latents, implicit_only=False)
         if isinstance(self.discriminator_spec, nn.Module) and len(groups) > 1:

@@ -9,7 +9,12 @@ from pyro_adv.distributions.implicit import is_implicit
 from pyro_adv.infer.adversarial import AdversarialObjective, StepLosses
 from pyro_adv.infer.autoguide import AutoImplicit
 from pyro_adv.infer.checks import check_positive_int
-from pyro_adv.infer.choices import auxiliary_score, group_choice_score, leave_one_out
+from pyro_adv.infer.choices import (
+    auxiliary_score,
+    check_choices_reported,
+    group_choice_score,
+    leave_one_out,
+)
 from pyro_adv.infer.contrast import AdaptiveContrast
 from pyro_adv.infer.divergences import Minimax
 from pyro_adv.infer.importance import RefitImportanceWeights, log_weight_resolution
@@ -218,6 +223,7 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
         name = type(self).__name__
         latents = check_latents(model_trace, guide_trace, name)
+        check_choices_reported(self, guide_trace, latents)
         if not self._bases_checked:
             self._bases_checked = True  # once per guide: a forward run, then never again
             vectorize = self._vectorized_num_particles

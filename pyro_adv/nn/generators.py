@@ -4,7 +4,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_adv.distributions.implicit import ImplicitDistribution
+from pyro_adv.distributions.implicit import ImplicitDistribution, record_choice
 from pyro_adv.nn.averaging import averaged_value, raw_weights
 from pyro_adv.nn.mixture import MixtureMLP, component_index, kmeans
 from pyro_adv.nn.mlp import MLP
@@ -726,18 +726,15 @@ class ImplicitEncoder(nn.Module):
 
 
 class _EncoderSampler:
-    """``eps -> G(x, eps)`` at one context; with learned mixture weights it also
-    reports each draw's component log-weight (``draw_with_choice``), which
-    :class:`~pyro_adv.distributions.ImplicitDistribution` keeps for the objectives'
-    score function."""
+    """``eps -> G(x, eps)`` at one context; with learned mixture weights it reports
+    each draw's component log-weight (:func:`~pyro_adv.distributions.implicit.record_choice`)
+    for the objectives' score function."""
 
     def __init__(self, encoder, context):
         self.encoder, self.context = encoder, context
-        if encoder.learn_weights:
-            self.draw_with_choice = self._draw_with_choice
 
     def __call__(self, eps):
-        return self.encoder._draw(self.context, eps)[0]
-
-    def _draw_with_choice(self, eps):
-        return self.encoder._draw(self.context, eps)
+        value, log_weight = self.encoder._draw(self.context, eps)
+        if log_weight is not None:
+            record_choice(eps, log_weight)
+        return value

@@ -95,3 +95,47 @@ def test_the_sampling_path_matches_the_training_path(learn):
         u = 0.5 * torch.erfc(-noise[:, -1] / 2**0.5)
         unmoved = (u < 0.5) | (u >= 0.9)
         assert torch.allclose(z[unmoved], z2[unmoved])
+
+
+def test_a_distribution_wrapping_the_encoder_keeps_the_choice():
+    # as sbibm's tasks map the encoder's draws onto the prior's support
+    from pyro_adv.models.sbi_tasks import TwoMoons
+
+    torch.manual_seed(0)
+    task = TwoMoons()
+    encoder = ImplicitEncoder(2, 2, num_components=2)
+    _set_weights(encoder, [0.7, 0.3])
+    q = task.posterior(encoder, torch.zeros(500, 2))
+    theta = q.rsample()
+    log_w = q.choice_log_prob(theta)
+    assert log_w is not None and log_w.shape == (500,)
+    assert abs((log_w > math.log(0.5)).double().mean().item() - 0.7) < 0.08
+
+
+def test_a_wrapper_that_hides_the_choice_is_named():
+    import pyro.distributions as dist
+    from pyro.infer import SVI
+
+    from pyro_adv.distributions import ImplicitDistribution
+    from pyro_adv.infer import Trace_ALI
+
+    encoder = ImplicitEncoder(1, 1, num_components=2)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            q = encoder(x)
+            # the noise is copied on its way in: the encoder's report is lost
+            wrapped = ImplicitDistribution(lambda eps: q.generator(eps.clone()), q.base)
+            wrapped.encoder, wrapped.context = encoder, q.context
+            pyro.sample("z", wrapped)
+
+    pyro.clear_param_store()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ALI())
+    with pytest.warns(UserWarning, match="do not report their component"):
+        svi.step(torch.randn(64, 1))
