@@ -411,18 +411,8 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         if choice is None:
             return 0.0
         choice = choice.squeeze(-1)
-        own = _plate_dims(guide_trace.nodes[group.names[0]], nesting)
-        f = -_padded(log_q, nesting)
-        for site, sign in scored:
-            dims = _plate_dims(site, nesting)
-            if not own <= dims:
-                continue  # outside the group's plate elements: independent of the choice
-            term = _padded(site["log_prob"], nesting)
-            extra = [d for d in dims - own if term.shape[d] > 1]
-            if extra:
-                term = term.sum(extra, keepdim=True)
-            f = f + sign * term
-        f = f.detach().expand(torch.broadcast_shapes(f.shape, choice.shape))
+        f = element_elbo(guide_trace.nodes[group.names[0]], scored, log_q, nesting)
+        f = f.expand(torch.broadcast_shapes(f.shape, choice.shape))
         if f.shape[0] > 1:  # per element, over the particles
             n = f.shape[0]
             centred = f - f.mean(0, keepdim=True)
@@ -474,6 +464,29 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         # the range of logits on the training draws, per context
         seen = torch.cat([real_logits, fake_logits]).detach()
         return self._bounded_terms(t, seen, d_loss, accs)
+
+
+def element_elbo(site, scored, log_q, nesting):
+    r"""
+    The ELBO term of each plate element of a plate-local guide ``site`` (padded
+    layout, particles on dim 0, detached): the log-densities ``scored`` (``(site,
+    sign)`` pairs: the model's terms with ``+1``, explicit guide sites with ``-1``)
+    of the sites inside all of the site's plates, summed over any plates nested
+    within, minus the element's ``log_q``. Sites outside those plates (global
+    latents) do not depend on the element's draw and are left out.
+    """
+    own = _plate_dims(site, nesting)
+    f = -_padded(log_q, nesting)
+    for other, sign in scored:
+        dims = _plate_dims(other, nesting)
+        if not own <= dims:
+            continue  # outside the site's plate elements: independent of its draw
+        term = _padded(other["log_prob"], nesting)
+        extra = [d for d in dims - own if term.shape[d] > 1]
+        if extra:
+            term = term.sum(extra, keepdim=True)
+        f = f + sign * term
+    return f.detach()
 
 
 def _padded(value, nesting):

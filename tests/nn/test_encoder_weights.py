@@ -139,3 +139,61 @@ def test_a_wrapper_that_hides_the_choice_is_named():
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ALI())
     with pytest.warns(UserWarning, match="do not report their component"):
         svi.step(torch.randn(64, 1))
+
+
+def test_avb_scores_each_choice_by_its_own_plate_elements_elbo():
+    # a global latent mu (left out: it does not depend on z_i), a plate-local z_i drawn
+    # by a mixture encoder with learned weights, and three observations per datum in a
+    # nested plate (summed): the per-element ELBO the score function uses, checked
+    # against the densities computed by hand from the traced values
+    import pyro.distributions as dist
+    from pyro.infer import SVI
+
+    import pyro_adv.infer.trace_avb_elbo as avb_module
+    from pyro_adv.infer import TraceAVB_ELBO
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3)
+    encoder = ImplicitEncoder(3, 1, num_components=2)
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(mu.unsqueeze(-1), 1.0).to_event(1))
+            with pyro.plate("obs", 3, dim=-1):
+                pyro.sample("x", dist.Normal(z[..., 0], 1.0), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        loc = pyro.param("mu_loc", torch.tensor(0.3))
+        pyro.sample("mu", dist.Normal(loc, 1.0))
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("z", encoder(x.unsqueeze(-2)))
+
+    seen = {}
+    original = avb_module.TraceAVB_ELBO._choice_surrogate
+
+    def spy(self, group, guide_trace, scored, log_q):
+        seen.update(
+            guide_trace=guide_trace, scored=scored, log_q=log_q, nesting=self.max_plate_nesting
+        )
+        return original(self, group, guide_trace, scored, log_q)
+
+    pyro.clear_param_store()
+    objective = TraceAVB_ELBO(num_particles=4)
+    avb_module.TraceAVB_ELBO._choice_surrogate = spy
+    try:
+        SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), objective).step(x)
+    finally:
+        avb_module.TraceAVB_ELBO._choice_surrogate = original
+    trace = seen["guide_trace"]
+    f = avb_module.element_elbo(trace.nodes["z"], seen["scored"], seen["log_q"], seen["nesting"])
+    mu = trace.nodes["mu"]["value"].reshape(4, 1, 1)
+    z = trace.nodes["z"]["value"].reshape(4, 6, 1)
+    by_hand = (
+        dist.Normal(mu, 1.0).log_prob(z)
+        + dist.Normal(z, 1.0).log_prob(x).sum(-1, keepdim=True)
+        - seen["log_q"].detach().reshape(4, 6, 1)
+    )
+    assert f.shape[:2] == (4, 6)
+    assert torch.allclose(f.reshape(4, 6, 1), by_hand, atol=1e-4)
