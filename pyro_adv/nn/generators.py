@@ -532,6 +532,15 @@ class ImplicitEncoder(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.__dict__["_flags"] = {}  # the loaded buffers decide again
+        saved_weights = any(k.startswith(prefix + "weight_net.") for k in state_dict)
+        if self.learn_weights != saved_weights and self.num_components > 1:
+            # the two samplers pick components differently: loading one into the
+            # other would silently change the encoder's distribution
+            saved = "learned" if saved_weights else "equal"
+            raise ValueError(
+                f"ImplicitEncoder: this state was saved by a mixture encoder with {saved} "
+                f"weights; construct the encoder with learn_weights={saved_weights} to load it"
+            )
         if self.log_context is not False and prefix + "log_context_mask" not in state_dict:
             # a state saved before the automatic log existed: its encoder took no log
             state_dict[prefix + "log_context_mask"] = torch.zeros_like(self.log_context_mask)

@@ -197,3 +197,15 @@ def test_avb_scores_each_choice_by_its_own_plate_elements_elbo():
     )
     assert f.shape[:2] == (4, 6)
     assert torch.allclose(f.reshape(4, 6, 1), by_hand, atol=1e-4)
+
+
+def test_a_state_saved_with_equal_weights_is_not_loaded_into_learned_ones():
+    equal = ImplicitEncoder(1, 1, num_components=2, learn_weights=False)
+    with pytest.raises(ValueError, match="learn_weights=False"):
+        ImplicitEncoder(1, 1, num_components=2).load_state_dict(equal.state_dict())
+    learned = ImplicitEncoder(1, 1, num_components=2)
+    with pytest.raises(ValueError, match="learn_weights=True"):
+        ImplicitEncoder(1, 1, num_components=2, learn_weights=False).load_state_dict(
+            learned.state_dict()
+        )
+    ImplicitEncoder(1, 1, num_components=2).load_state_dict(learned.state_dict())
