@@ -399,12 +399,18 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         r"""
         The score-function surrogate of the discrete choices inside a plate-local
         group's draws (an :class:`~pyro_adv.nn.ImplicitEncoder`'s mixture component
-        with learned weights, one per plate element), or 0: each element's choice is
-        scored by its **own** ELBO term :math:`f_i` (the terms of the sites in its plate
-        element; the other elements' terms do not depend on it, so leaving them out
-        keeps the gradient unbiased and its variance per element), with the other
-        particles' mean for that element as baseline (the other elements' mean with
-        one particle).
+        with learned weights, one per plate element), or 0. Each element's choices
+        are scored by its **own** ELBO terms :math:`f_{p,i}` (:func:`element_elbo`;
+        the other elements' terms do not depend on them) through the particles'
+        self-normalized importance weights :math:`\tilde w_{p,i} =
+        \mathrm{softmax}_p f_{p,i}`: the surrogate
+        :math:`\sum_{p,i} (\tilde w_{p,i} - 1/n) \log w_{k_{p,i}}(x_i)` descends the
+        *forward* KL in the weights (reweighted wake-sleep's wake phase), whose
+        optimum gives each mode its exact mass :math:`Z_k` however well its component
+        fits; the ELBO's own (reverse-KL) gradient, stationary at
+        :math:`w_k \propto Z_k e^{-KL(q_k \| p_k)}`, put too much mass on the
+        better-fitted mode. With one particle: the reverse-KL score function, the
+        other elements' mean as baseline.
         """
         nesting = self.max_plate_nesting
         choice = group_choice_score(group.names, guide_trace, nesting)
@@ -413,14 +419,14 @@ class TraceAVB_ELBO(AdaptiveContrast, RefitImportanceWeights, ParticleTraces, Ad
         choice = choice.squeeze(-1)
         f = element_elbo(guide_trace.nodes[group.names[0]], scored, log_q, nesting)
         f = f.expand(torch.broadcast_shapes(f.shape, choice.shape))
-        if f.shape[0] > 1:  # per element, over the particles
-            n = f.shape[0]
-            centred = f - f.mean(0, keepdim=True)
-            advantage = centred * n / (n - 1)
-            advantage = advantage / centred.pow(2).mean().sqrt().clamp_min(1e-6)
-        else:
-            advantage = leave_one_out(f)
-        return (choice * advantage).sum() / f.shape[0]
+        n = f.shape[0]
+        if n > 1:
+            # forward KL, as the wake-phase update of reweighted wake-sleep (Bornschein
+            # and Bengio 2015): each element's particles weighted by their
+            # self-normalized importance weights, minus the mean 1/n (a baseline)
+            advantage = torch.softmax(f, 0) - 1.0 / n
+            return (choice * advantage).sum() * n / choice.numel()
+        return (choice * leave_one_out(f)).sum() / n
 
     # ------------------------------------------------------------ the two games
     def _plain_terms(self, group, u, up, context, prior_u):
