@@ -104,7 +104,7 @@ BOUNDARY_WIDTH = 0.002
 # on a bank of simulations and overfits it: gaussian_linear at 10^4 (observations 1-3,
 # fast C2ST) 0.553 at 3,000 steps against 0.745 at 20,000 (sbibm's C2ST over 10
 # observations at 20,000: 0.649; variance ratio 0.89, worst mean error 0.84 sd);
-# bernoulli_glm 0.842 against 0.909 (observations 1-3). So the step count is a
+# bernoulli_glm 0.803 against 0.909 (observations 1-3, sbibm's C2ST). So the step count is a
 # per-task setting: 20,000 for gaussian_mixture, 3,000 elsewhere, until ALI stops on
 # held-out simulations.
 ALI = dict(steps=3000, batch=512, lr=1e-3)
