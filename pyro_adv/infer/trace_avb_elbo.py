@@ -27,6 +27,7 @@ from pyro_adv.infer.util import (
     group_implicit_sites,
     group_value,
     join_features,
+    pad_batch,
     particle_sum,
     upstream_sites,
     upstream_value,
@@ -482,22 +483,17 @@ def element_elbo(site, scored, log_q, nesting):
     latents) do not depend on the element's draw and are left out.
     """
     own = _plate_dims(site, nesting)
-    f = -_padded(log_q, nesting)
+    f = -pad_batch(log_q, 0, nesting)
     for other, sign in scored:
         dims = _plate_dims(other, nesting)
         if not own <= dims:
             continue  # outside the site's plate elements: independent of its draw
-        term = _padded(other["log_prob"], nesting)
+        term = pad_batch(other["log_prob"], 0, nesting)
         extra = [d for d in dims - own if term.shape[d] > 1]
         if extra:
             term = term.sum(extra, keepdim=True)
         f = f + sign * term
     return f.detach()
-
-
-def _padded(value, nesting):
-    """A batch tensor with ``nesting`` dims (leading ones added)."""
-    return value.reshape((1,) * (nesting - value.dim()) + value.shape)
 
 
 def _plate_dims(site, nesting):

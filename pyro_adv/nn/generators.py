@@ -624,7 +624,7 @@ class ImplicitEncoder(nn.Module):
             if not self.learn_weights:
                 shape = context.shape[:-1] + (self.num_components,)
                 return context.new_full(shape, 1.0 / self.num_components)
-            return torch.softmax(self._weight_logits(self._network_context(context)[1]), -1)
+            return torch.softmax(self.weight_net(self._network_context(context)[1]), -1)
 
     def _draw(self, context, noise):
         # (value, log w_k(x) of each draw's component or None), with the weights the
@@ -644,9 +644,6 @@ class ImplicitEncoder(nn.Module):
             context = (context - loc) * torch.exp(-log_scale)
         return transformed, context
 
-    def _weight_logits(self, context):
-        return self.weight_net(context)
-
     def _generate(self, context, noise):
         transformed, context = self._network_context(context)
         if self.learn_weights:
@@ -659,7 +656,7 @@ class ImplicitEncoder(nn.Module):
         component = log_weight = None
         if self.learn_weights:
             # detached: the score function's noise must not move the standardization
-            log_w = torch.log_softmax(self._weight_logits(context.detach()), -1)
+            log_w = torch.log_softmax(self.weight_net(context.detach()), -1)
             log_w = log_w.expand(shape + log_w.shape[-1:])
             with torch.no_grad():
                 # the weights as the widths of the chooser's bins
